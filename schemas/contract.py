@@ -170,9 +170,6 @@ def check_structure(document: Any, *, whole_file: bool) -> None:
             if len(problems) > 20:
                 problems.append("... (more problems not shown)")
                 break
-    if whole_file and isinstance(pupils, list) and isinstance(document.get("pupil_count"), int):
-        if document["pupil_count"] != len(pupils):
-            problems.append(f"pupil_count: says {document['pupil_count']} but the file holds {len(pupils)} pupils")
     if problems:
         raise ContractViolation(problems)
 
