@@ -97,3 +97,39 @@ OPTOUT_PURGES_PENDING = Gauge(
     registry=REGISTRY)
 DQ_EXCEPTIONS = Counter(
     "attendance_dq_exceptions_total", "Data-quality exceptions raised, by check.", ["check"], registry=REGISTRY)
+
+# --- added by ops ------------------------------------------------------------------------------------
+# Appended by the operations work (attendance/http.py, dq/, deploy/). Nothing above is renamed.
+
+
+def _uk_utc_offset_seconds() -> float:
+    """Europe/London's current offset from UTC (0 in GMT, 3600 in BST), read at scrape time.
+
+    PromQL's hour() and day_of_week() work in UTC only; alert rules add this offset to compare against UK
+    clock times (deploy/prometheus/alerts.yml, recording rule ``attendance:uk_local_time_seconds``).
+    """
+    import datetime as _dt
+    from zoneinfo import ZoneInfo
+
+    offset = _dt.datetime.now(ZoneInfo("Europe/London")).utcoffset()
+    return offset.total_seconds() if offset is not None else 0.0
+
+
+PROCESS_HEARTBEAT_TIMESTAMP = Gauge(
+    "attendance_process_heartbeat_timestamp_seconds",
+    "Unix time of the process loop's last heartbeat (attendance.http.Readiness.heartbeat).",
+    registry=REGISTRY)
+UK_UTC_OFFSET = Gauge(
+    "attendance_uk_utc_offset_seconds", "Europe/London offset from UTC now: 0 (GMT) or 3600 (BST).",
+    registry=REGISTRY)
+UK_UTC_OFFSET.set_function(_uk_utc_offset_seconds)
+RELEASE_SCHEDULED_TIMESTAMP = Gauge(
+    "attendance_release_scheduled_timestamp_seconds",
+    "Unix time the next (or today's) release is due to be published (09:30 UK); 0 when none is scheduled.",
+    registry=REGISTRY)
+DQ_EXCEPTIONS_LAST_REPORT = Gauge(
+    "attendance_dq_exceptions_last_report", "Data-quality exceptions in the latest report, by check.",
+    ["check"], registry=REGISTRY)
+DQ_LAST_REPORT_TIMESTAMP = Gauge(
+    "attendance_dq_last_report_timestamp_seconds", "Unix time the latest data-quality report finished.",
+    registry=REGISTRY)

@@ -5,6 +5,7 @@ Defaults run on a laptop: a local broker started by ``attendance kafka start`` a
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -48,6 +49,12 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(default=8.0, description="How long to wait for an unreachable broker.")
 
     consumer_group: str = "attendance-worker"
+    batch_max_messages: int = Field(
+        default=256, ge=1, description="Worker: most messages (chunks) judged and committed as one batch.")
+    batch_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="Worker: most message bytes in one batch (bounds memory).")
+    batch_max_latency_s: float = Field(
+        default=1.0, gt=0, description="Worker: longest wait to fill a batch before committing what it has.")
 
     # --- Delta lake -----------------------------------------------------------------------------
     lake_uri: str = Field(default="./lake", description="Root of the Delta lake (a path or s3:// URI).")
@@ -64,6 +71,8 @@ class Settings(BaseSettings):
     # --- Observability -------------------------------------------------------------------------
     metrics_port: int = Field(default=9108, description="Port of /metrics, /healthz, /readyz; 0 disables.")
     log_level: str = "INFO"
+    operator: str = Field(default_factory=lambda: os.environ.get("USER", "unknown"),
+                          description="Who runs commands that record an actor (opt-outs, purges).")
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,178 @@
+"""Thin typed helpers around deltalake: storage options, opening, creating and reading contract tables.
+
+Everything that touches the lake goes through a ``TableContract`` (``storage.tables``) so that a table's
+path, schema, partitioning and configuration are decided in one place.
+
+Concurrency on S3
+-----------------
+Delta's commit protocol needs an atomic "create the next ``_delta_log/NNN.json`` only if it does not
+exist". Local disks, Azure and GCS give that natively. On S3, delta-rs used to need a DynamoDB locking
+provider (or ``AWS_S3_ALLOW_UNSAFE_RENAME=true``, which gives it up and is only safe with ONE writer).
+Since delta-rs 0.23 it commits with S3 conditional writes (put-if-absent) instead
+(delta-io/delta-rs PR #3091 "make put-if-absent default for S3 stores"), delta-rs 1.x dropped the
+DynamoDB log store altogether (delta-io/delta-rs issue #4464, discussion #4482), and for S3-compatible
+stores (MinIO, R2, moto) the delta-rs docs ask for ``aws_conditional_put="etag"`` in the storage options
+("this provides safe concurrency": docs/integrations/object-storage/s3-like.md). We always set it
+explicitly, so that a change of library default cannot silently turn it off, and we never set
+``AWS_S3_ALLOW_UNSAFE_RENAME``: this project runs several sink processes against one table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from storage.tables import TableContract
+
+if TYPE_CHECKING:
+    from attendance.settings import Settings
+
+#: Columns whose min/max statistics may be written to the Delta log of a pupil-level table. The log
+#: (``_delta_log/*.json`` and checkpoints) is kept for ``delta.logRetentionDuration`` and is NOT removed by
+#: vacuum, so per-file min/max of a UPN, a date of birth or a characteristic would outlive a purge. Only
+#: school, time and provenance columns get statistics (enough for partition/URN pruning and for the MERGE
+#: conflict checker); see docs/tables.md "What the Delta log keeps".
+NON_PERSONAL_STATS_COLUMNS: frozenset[str] = frozenset({
+    "urn", "date", "session", "extract_id", "generated_at", "ingested_at", "current_since",
+    "extract_date", "chunk_index", "topic", "partition", "offset", "reason_code", "severity",
+    "quarantined_at", "replayed_at",
+})
+
+#: How long the Delta log keeps old commits (and so the file paths, row counts and URN statistics in them).
+LOG_RETENTION = "interval 30 days"
+
+
+def is_s3_uri(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def storage_options(settings: Settings | None = None, lake_uri: str | None = None,
+                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """deltalake ``storage_options`` for the lake: ``{}`` for a local path; endpoint, region, credentials
+    (from the usual ``AWS_*`` environment variables) and safe-concurrency settings for ``s3://``."""
+    if lake_uri is None:
+        if settings is None:
+            from attendance.settings import get_settings
+
+            settings = get_settings()
+        lake_uri = settings.lake_uri
+    if not is_s3_uri(lake_uri):
+        return {}
+    env = os.environ if environ is None else environ
+    options: dict[str, str] = {
+        "AWS_REGION": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "eu-west-2",
+        # Atomic put-if-absent of the next commit file: safe concurrent writers without a lock table.
+        "aws_conditional_put": "etag",
+    }
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        if env.get(name):
+            options[name] = env[name]
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        options["AWS_ALLOW_HTTP"] = "true" if endpoint.startswith("http://") else "false"
+        # Path-style addressing: MinIO/moto style endpoints do not resolve bucket subdomains.
+        options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"
+    return options
+
+
+def table_configuration(contract: TableContract) -> dict[str, str | None]:
+    """Delta table properties for a contract (statistics columns restricted on pupil-level tables)."""
+    config: dict[str, str | None] = {"delta.logRetentionDuration": LOG_RETENTION}
+    if contract.pupil_level:
+        stats = [name for name in contract.schema.names if name in NON_PERSONAL_STATS_COLUMNS]
+        config["delta.dataSkippingStatsColumns"] = ",".join(stats)
+    return config
+
+
+def open_table(contract: TableContract, lake_uri: str,
+               storage_options: Mapping[str, str] | None = None) -> DeltaTable | None:
+    """The contract's Delta table at its latest version, or None when it does not exist yet."""
+    try:
+        return DeltaTable(contract.path(lake_uri), storage_options=dict(storage_options or {}))
+    except TableNotFoundError:
+        return None
+
+
+def ensure_table(contract: TableContract, lake_uri: str,
+                 storage_options: Mapping[str, str] | None = None) -> DeltaTable:
+    """Open the table, creating it empty (contract schema, partitioning, properties) if missing.
+
+    Idempotent, and safe when two processes race: creation is the commit of version 0, which only one
+    of them can write (put-if-absent); the loser's error is swallowed and it opens the winner's table.
+    """
+    existing = open_table(contract, lake_uri, storage_options)
+    if existing is not None:
+        return existing
+    try:
+        return DeltaTable.create(
+            contract.path(lake_uri), contract.schema, mode="ignore",
+            partition_by=list(contract.partition_by) or None, name=contract.name,
+            description=contract.purpose, configuration=table_configuration(contract),
+            storage_options=dict(storage_options or {}),
+        )
+    except Exception:
+        table = open_table(contract, lake_uri, storage_options)
+        if table is None:
+            raise
+        return table
+
+
+def read_table(contract: TableContract, lake_uri: str, filter: Any = None,
+               columns: list[str] | None = None, storage_options: Mapping[str, str] | None = None,
+               version: int | None = None) -> pa.Table:
+    """The table's current rows (or at ``version``) as Arrow; an empty table with the contract's schema
+    when it does not exist. ``filter``: a ``pyarrow.compute`` expression (``pc.field("urn") == "100000"``)."""
+    opts = dict(storage_options or {})
+    try:
+        delta = DeltaTable(contract.path(lake_uri), version=version, storage_options=opts)
+    except TableNotFoundError:
+        empty = contract.schema.empty_table()
+        return empty.select(columns) if columns else empty
+    dataset = delta.to_pyarrow_dataset()
+    table = dataset.to_table(columns=columns, filter=filter)
+    return table
+
+
+def conform(data: pa.Table, contract: TableContract,
+            fill: Mapping[str, object] | None = None) -> pa.Table:
+    """``data`` with exactly the contract's columns, in order and types: missing nullable columns become
+    nulls, ``fill`` columns are set to one value for every row (column-wise), unknown columns are an error
+    (nothing outside the contract is ever stored), and nulls in a non-nullable column are an error."""
+    fill = dict(fill or {})
+    unknown = [name for name in data.column_names if name not in contract.schema.names]
+    if unknown:
+        raise ValueError(f"{contract.name}: columns outside the table contract: {', '.join(unknown)}")
+    columns = []
+    for field in contract.schema:
+        if field.name in fill:
+            value = pa.scalar(fill[field.name], field.type)
+            column = pc.fill_null(pa.nulls(data.num_rows, field.type), value)
+        elif field.name in data.column_names:
+            column = data.column(field.name).cast(field.type)
+        elif field.nullable:
+            column = pa.nulls(data.num_rows, field.type)
+        else:
+            raise ValueError(f"{contract.name}: required column {field.name!r} is missing")
+        if not field.nullable and column.null_count:
+            raise ValueError(
+                f"{contract.name}: {column.null_count} null value(s) in required column {field.name!r}")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=contract.schema)
+
+
+def sql_literal(value: object) -> str:
+    """A value as a SQL string literal for a Delta predicate (quotes doubled)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def in_list(column: str, values: pa.Array | pa.ChunkedArray) -> str:
+    """``column IN ('a','b')`` over the distinct values, for partition/URN pruning in MERGE predicates."""
+    distinct = pc.unique(values).drop_null().to_pylist()
+    return f"{column} IN ({', '.join(sql_literal(v) for v in sorted(map(str, distinct)))})"

@@ -1,0 +1,270 @@
+"""The Faust app: the thin edge between the extracts topic and the pure batch processor and Delta sink.
+
+Correctness does not rest on Faust's offset commits (faust-streaming#606: offsets committed past in-flight
+messages; ``take()`` acknowledges a batch in a ``finally``). The Delta table holds, in the same commit as the
+data, the last offset processed per partition (storage.sink). On every assignment the worker reads those
+offsets and moves the group's committed position to them, so Faust's own seek-to-committed lands there; and
+every batch is checked against the offsets it expects, dropping replays and seeking back over any gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from attendance import metrics
+from attendance.broker import bootstrap_servers
+from attendance.settings import Settings
+from storage.lake import storage_options
+from storage.sink import DeltaSink
+from streams.optouts import OptOutRegister
+from streams.processor import BatchOutcome, BatchProcessor, ProcessorConfig, RawRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerState:
+    """What the edge tracks between batches: where each owned partition must continue."""
+
+    next_offset: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to process
+    end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # drain targets (run-once mode)
+    assigned: set[tuple[str, int]] = field(default_factory=set)
+    batches: int = 0
+    last_batch_at: float = field(default_factory=time.monotonic)
+
+
+class ExtractWorker:
+    """Glue: Faust events -> BatchProcessor -> DeltaSink, with offsets owned by Delta."""
+
+    def __init__(self, settings: Settings, *, until_drained: bool = False, now: Any = None) -> None:
+        from ingest.register import read_register
+
+        self.settings = settings
+        self.until_drained = until_drained
+        self.bootstrap = bootstrap_servers(settings)
+        self.sink = DeltaSink(settings.lake_uri, storage_options(settings), app_id_prefix="attendance-sink")
+        self.processor = BatchProcessor(read_register(settings.lake_uri), ProcessorConfig(
+            max_age_days=settings.extract_max_age_days,
+            amendment_window_school_days=settings.amendment_window_school_days,
+            incomplete_timeout_s=settings.incomplete_extract_timeout_s,
+        ))
+        self.optouts = OptOutRegister(self.bootstrap, settings.topic_optouts)
+        self.state = WorkerState()
+        self._now = now or (lambda: dt.datetime.now(dt.UTC))
+        self._optouts_started = False
+        self._lock = asyncio.Lock()
+        self.app = self._build_app()
+        self.worker: faust.Worker | None = None
+        self.drained = asyncio.Event()
+        from attendance.http import Readiness
+
+        self.readiness = Readiness()
+
+    # --- Faust wiring ------------------------------------------------------------------------------------
+    def _build_app(self) -> faust.App:
+        settings = self.settings
+        app = faust.App(
+            settings.consumer_group,
+            broker=[f"kafka://{server}" for server in self.bootstrap.split(",")],
+            value_serializer="raw",
+            key_serializer="raw",
+            store="memory://",
+            web_enabled=False,
+            topic_partitions=settings.extracts_partitions,
+            topic_allow_declare=False,  # topics are created deliberately by `attendance topics create`
+            consumer_auto_offset_reset="earliest",
+            broker_commit_every=1_000_000,  # Faust's own commits are not relied on (see module docstring)
+            broker_commit_interval=3600.0,
+            consumer_max_fetch_size=max(settings.max_message_bytes * 4, 4 * 1024 * 1024),
+            stream_buffer_maxsize=max(settings.batch_max_messages * 2, 64),
+            broker_session_timeout=60.0,
+            broker_heartbeat_interval=3.0,
+            broker_max_poll_interval=600.0,
+            logging_config=None,
+        )
+        topic = app.topic(settings.topic_extracts, value_serializer="raw", key_serializer="raw",
+                          partitions=settings.extracts_partitions)
+
+        @app.agent(topic, name="ingest-extracts")
+        async def ingest_extracts(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(settings.batch_max_messages,
+                                                   within=settings.batch_max_latency_s):
+                await self.handle([
+                    RawRecord(e.message.topic, e.message.partition, e.message.offset,
+                              int((e.message.timestamp or time.time()) * 1000), e.message.key, e.message.value)
+                    for e in events
+                ])
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+            await self.on_assigned(assigned)
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            owned = {(tp.topic, tp.partition) for tp in revoked if tp.topic == settings.topic_extracts}
+            self.state.assigned -= owned
+            self.processor.assembler.drop_partitions(owned)
+            metrics.WORKER_ASSIGNED_PARTITIONS.set(len(self.state.assigned))
+
+        @app.timer(interval=1.0)
+        async def housekeeping() -> None:
+            await self.housekeeping()
+
+        return app
+
+    async def on_assigned(self, assigned: set[TP]) -> None:
+        """Move each newly owned partition to the offset Delta holds (not Kafka's group offset)."""
+        mine = {tp for tp in assigned if tp.topic == self.settings.topic_extracts}
+        resume: dict[TP, int] = {}
+        loop = asyncio.get_running_loop()
+        for tp in mine:
+            committed = await loop.run_in_executor(None, self.sink.committed_offset, tp.topic, tp.partition)
+            resume[tp] = 0 if committed is None else committed + 1
+        self.state.assigned = {(tp.topic, tp.partition) for tp in mine}
+        self.state.next_offset = {(tp.topic, tp.partition): offset for tp, offset in resume.items()}
+        if resume:
+            await self.app.consumer._commit(resume)  # so Faust's seek-to-committed lands on Delta's offsets
+            for tp, offset in resume.items():
+                await self.app.consumer.seek(tp, offset)
+            if self.until_drained:
+                highwaters = await self.app.consumer.highwaters(*resume)
+                self.state.end_offsets = {(tp.topic, tp.partition): hw for tp, hw in highwaters.items()}
+        metrics.WORKER_ASSIGNED_PARTITIONS.set(len(self.state.assigned))
+        log.info("assigned %d extract partitions; resuming from Delta offsets", len(mine))
+
+    async def handle(self, records: Sequence[RawRecord]) -> None:
+        async with self._lock:
+            fresh = self._in_sequence(records)
+            if not fresh:
+                return
+            if not self._optouts_started:
+                await self.optouts.start()
+                self._optouts_started = True
+            await self.optouts.catch_up()  # the ordering barrier: every opt-out published so far is known
+            started = time.perf_counter()
+            now = self._now()
+            opted_out = self.optouts.opted_out(now)
+            loop = asyncio.get_running_loop()
+            outcome = await loop.run_in_executor(None, self.processor.process, fresh, opted_out, now)
+            await self._dead_letter(outcome)
+            result = await loop.run_in_executor(None, self.sink.write_batch, outcome.sink)
+            for tp in {r.tp for r in fresh}:
+                self.state.next_offset[tp] = max(r.offset for r in fresh if r.tp == tp) + 1
+            self._observe(outcome, time.perf_counter() - started, len(fresh))
+            self.state.batches += 1
+            self.state.last_batch_at = time.monotonic()
+            log.info("batch: %d messages, %d pupils accepted, %d marks accepted, offsets %s (%s)",
+                     len(fresh), outcome.pupils_accepted, outcome.marks_accepted,
+                     dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
+
+    def _in_sequence(self, records: Sequence[RawRecord]) -> list[RawRecord]:
+        """Drop records before the expected offset (replays); on a gap, seek back and drop the rest."""
+        fresh: list[RawRecord] = []
+        gapped: set[tuple[str, int]] = set()
+        expected = dict(self.state.next_offset)
+        for record in records:
+            tp = record.tp
+            if tp not in self.state.assigned or tp in gapped:
+                continue
+            want = expected.get(tp)
+            if want is not None and record.offset < want:
+                continue
+            if want is not None and record.offset > want:
+                log.warning("offset gap on %s[%d]: expected %d, got %d; seeking back", tp[0], tp[1], want,
+                            record.offset)
+                gapped.add(tp)
+                asyncio.ensure_future(self.app.consumer.seek(TP(tp[0], tp[1]), want))
+                continue
+            expected[tp] = record.offset + 1
+            fresh.append(record)
+        return fresh
+
+    async def _dead_letter(self, outcome: BatchOutcome) -> None:
+        if not outcome.dead_letters:
+            return
+        topic = self.app.topic(self.settings.topic_deadletter, value_serializer="raw", key_serializer="raw")
+        for record in outcome.dead_letters:
+            await topic.send(key=record.key, value=record.value, headers={
+                "source": f"{record.topic}/{record.partition}/{record.offset}".encode()})
+        metrics.DEADLETTERED.inc(len(outcome.dead_letters))
+
+    def _observe(self, outcome: BatchOutcome, seconds: float, messages: int) -> None:
+        metrics.MESSAGES_CONSUMED.inc(messages)
+        metrics.PUPIL_RECORDS_CONSUMED.inc(outcome.pupils_consumed)
+        metrics.PUPIL_RECORDS_ACCEPTED.inc(outcome.pupils_accepted)
+        metrics.MARKS_ACCEPTED.inc(outcome.marks_accepted)
+        metrics.EXTRA_FIELDS_DROPPED.inc(outcome.extra_fields_dropped)
+        metrics.OPTOUT_PUPILS_DROPPED.inc(outcome.optout_pupils_dropped)
+        metrics.OPTOUT_EXTRACTS_DROPPED.inc(outcome.optout_extracts_dropped)
+        for (reason, severity), count in outcome.rejections.items():
+            metrics.REJECTIONS.labels(reason_code=reason, severity=severity).inc(count)
+        for status, count in outcome.extracts_by_status.items():
+            metrics.EXTRACTS_COMPLETED.labels(status=status).inc(count)
+        if outcome.optout_extracts_dropped:
+            metrics.EXTRACTS_COMPLETED.labels(status="dropped_opt_out").inc(outcome.optout_extracts_dropped)
+        metrics.BATCH_MESSAGES.observe(messages)
+        metrics.BATCH_PROCESSING_SECONDS.observe(seconds)
+        metrics.PENDING_EXTRACTS.set(len(self.processor.assembler.pending))
+        committed = time.time()
+        for generated_at in outcome.generated_at:
+            metrics.END_TO_END_SECONDS.observe(max(0.0, committed - generated_at.timestamp()))
+
+    async def housekeeping(self) -> None:
+        """Heartbeat, lag, and stop when drained in run-once mode."""
+        self.readiness.heartbeat()
+        self.readiness.set_assignment(len(self.state.assigned))
+        if self.state.assigned:
+            try:
+                highwaters = await self.app.consumer.highwaters(*[TP(t, p) for t, p in self.state.assigned])
+                total = 0
+                for tp, hw in highwaters.items():
+                    lag = max(0, hw - self.state.next_offset.get((tp.topic, tp.partition), 0))
+                    metrics.CONSUMER_LAG.labels(partition=str(tp.partition)).set(lag)
+                    total += lag
+                self.readiness.set_lag(total)
+            except Exception:  # noqa: BLE001 - lag is best effort; never stop the worker over it
+                log.debug("could not read highwaters", exc_info=True)
+        if self.until_drained and self.state.assigned and self.state.end_offsets:
+            caught_up = all(self.state.next_offset.get(tp, 0) >= end for tp, end in self.state.end_offsets.items())
+            if caught_up and not self._lock.locked():
+                log.info("drained: every assigned partition processed to its end offset")
+                self.drained.set()
+
+
+def run_worker(settings: Settings, *, until_drained: bool = False, loglevel: str = "warning") -> int:
+    """Run the Faust worker until SIGTERM/SIGINT, or until drained in run-once mode."""
+    from attendance.http import start_http_server
+
+    worker_state = ExtractWorker(settings, until_drained=until_drained)
+    app = worker_state.app
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, worker_state.readiness)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
+                          override_logging=False, daemon=False)
+    worker_state.worker = worker
+
+    @app.task
+    async def stop_when_drained() -> None:
+        if not until_drained:
+            return
+        await worker_state.drained.wait()
+        await asyncio.sleep(0)
+        await worker.stop()
+
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        os.environ.pop("FAUST_LOOP", None)
+    return 0
