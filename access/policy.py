@@ -36,25 +36,53 @@ POLICY_FILE = Path(__file__).with_name("policy.toml")
 GRAINS: tuple[str, ...] = ("pupil", "school", "local_authority", "published")
 
 #: The zones each minimum grain may ever be granted (an invariant: the policy file cannot widen it).
-ZONES_BY_GRAIN: Mapping[str, frozenset[Zone]] = MappingProxyType({
-    "pupil": frozenset({Zone.REFERENCE, Zone.RESTRICTED, Zone.PSEUDONYMISED, Zone.SCHOOL, Zone.LA_AND_ABOVE,
-                        Zone.PUBLISHED}),
-    "school": frozenset({Zone.REFERENCE, Zone.SCHOOL, Zone.LA_AND_ABOVE, Zone.PUBLISHED}),
-    "local_authority": frozenset({Zone.LA_AND_ABOVE, Zone.PUBLISHED}),
-    "published": frozenset({Zone.PUBLISHED}),
-})
+ZONES_BY_GRAIN: Mapping[str, frozenset[Zone]] = MappingProxyType(
+    {
+        "pupil": frozenset(
+            {
+                Zone.REFERENCE,
+                Zone.RESTRICTED,
+                Zone.PSEUDONYMISED,
+                Zone.SCHOOL,
+                Zone.LA_AND_ABOVE,
+                Zone.PUBLISHED,
+            }
+        ),
+        "school": frozenset({Zone.REFERENCE, Zone.SCHOOL, Zone.LA_AND_ABOVE, Zone.PUBLISHED}),
+        "local_authority": frozenset({Zone.LA_AND_ABOVE, Zone.PUBLISHED}),
+        "published": frozenset({Zone.PUBLISHED}),
+    }
+)
 
 #: Columns that identify a child directly (never granted to a role without ``identifiable_pupils``).
-PUPIL_IDENTIFYING_COLUMNS: frozenset[str] = frozenset({
-    "upn", "date_of_birth", "dob", "forename", "surname", "middle_names", "legal_forename", "legal_surname",
-    "former_upn", "uln",
-})
+PUPIL_IDENTIFYING_COLUMNS: frozenset[str] = frozenset(
+    {
+        "upn",
+        "date_of_birth",
+        "dob",
+        "forename",
+        "surname",
+        "middle_names",
+        "legal_forename",
+        "legal_surname",
+        "former_upn",
+        "uln",
+    }
+)
 #: Columns that make a row a pupil's row (never granted at grain school or coarser).
 PUPIL_ROW_COLUMNS: frozenset[str] = PUPIL_IDENTIFYING_COLUMNS | {"pupil_key"}
 #: Columns that identify a school (never granted at grain local_authority or coarser).
-SCHOOL_IDENTIFYING_COLUMNS: frozenset[str] = frozenset({
-    "urn", "school_urn", "laestab", "school_laestab", "school_name", "establishment_name", "estab",
-})
+SCHOOL_IDENTIFYING_COLUMNS: frozenset[str] = frozenset(
+    {
+        "urn",
+        "school_urn",
+        "laestab",
+        "school_laestab",
+        "school_name",
+        "establishment_name",
+        "estab",
+    }
+)
 #: Columns a row rule may use to find a row's school, in order of preference.
 SCHOOL_COLUMNS: tuple[str, ...] = ("urn", "school_urn")
 
@@ -76,6 +104,7 @@ class AccessRefused(UserFacingError):
 
 # --- the policy file -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GrantRule:
     rule: str
@@ -83,10 +112,13 @@ class GrantRule:
     tables: tuple[str, ...]  # glob patterns
     rows: str  # key of Policy.row_templates
     exclude_columns: tuple[str, ...] = ()
-    exclude_single_school_rows: bool = False
+    disclosure_control: bool = False
+    exclude_tables: tuple[str, ...] = ()
 
     def matches(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.tables)
+        return any(fnmatch.fnmatchcase(name, p) for p in self.tables) and not any(
+            fnmatch.fnmatchcase(name, p) for p in self.exclude_tables
+        )
 
 
 @dataclass(frozen=True)
@@ -147,8 +179,12 @@ def parse_policy(raw: Mapping[str, object]) -> Policy:
     except (KeyError, TypeError, ValueError):
         raise PolicyError("policy: an integer `version` is required") from None
     scopes = {
-        name: ScopeKind(name, str(spec.get("label", name)), re.compile(str(spec["pattern"])),
-                        str(spec.get("description", "")))
+        name: ScopeKind(
+            name,
+            str(spec.get("label", name)),
+            re.compile(str(spec["pattern"])),
+            str(spec.get("description", "")),
+        )
         for name, spec in dict(raw.get("scopes", {})).items()  # type: ignore[call-overload]
     }
     rows = {str(k): str(v) for k, v in dict(raw.get("rows", {})).items()}  # type: ignore[call-overload]
@@ -179,8 +215,10 @@ def parse_policy(raw: Mapping[str, object]) -> Policy:
                 problems.append(f"rule {rule}: unknown zone {g.get('zone')!r}")
                 continue
             if zone not in ZONES_BY_GRAIN[grain]:
-                problems.append(f"rule {rule}: zone {zone.value} may not be granted to a role whose minimum "
-                                f"grain is {grain} (allowed: {', '.join(sorted(z.value for z in ZONES_BY_GRAIN[grain]))})")
+                problems.append(
+                    f"rule {rule}: zone {zone.value} may not be granted to a role whose minimum "
+                    f"grain is {grain} (allowed: {', '.join(sorted(z.value for z in ZONES_BY_GRAIN[grain]))})"
+                )
             if zone is Zone.RESTRICTED and not identifiable:
                 problems.append(f"rule {rule}: the restricted zone needs identifiable_pupils = true")
             row_rule = str(g.get("rows", "all"))
@@ -188,23 +226,38 @@ def parse_policy(raw: Mapping[str, object]) -> Policy:
                 problems.append(f"rule {rule}: rows {row_rule!r} is not declared under [rows]")
             elif "{scope}" in rows[row_rule] and scope_kind == "none":
                 problems.append(f"rule {rule}: rows {row_rule!r} needs a scope but role {role_name} has none")
-            grants.append(GrantRule(
-                rule=rule, zone=zone, tables=_as_tuple(g.get("tables", []), f"rule {rule} tables"),
-                rows=row_rule, exclude_columns=_as_tuple(g.get("exclude_columns", []), f"rule {rule}"),
-                exclude_single_school_rows=bool(g.get("exclude_single_school_rows", False)),
-            ))
+            grants.append(
+                GrantRule(
+                    rule=rule,
+                    zone=zone,
+                    tables=_as_tuple(g.get("tables", []), f"rule {rule} tables"),
+                    rows=row_rule,
+                    exclude_columns=_as_tuple(g.get("exclude_columns", []), f"rule {rule}"),
+                    disclosure_control=bool(g.get("disclosure_control", False)),
+                    exclude_tables=_as_tuple(g.get("exclude_tables", []), f"rule {rule} exclude_tables"),
+                )
+            )
         roles[role_name] = RoleDef(
-            name=role_name, label=str(spec.get("label", role_name)), who=str(spec.get("who", "")),
-            scope=scope_kind, purpose_required=bool(spec.get("purpose_required", False)),
-            screen_purpose=bool(spec.get("screen_purpose", False)), minimum_grain=grain,
-            identifiable_pupils=identifiable, subject_access=bool(spec.get("subject_access", False)),
-            principle=str(spec.get("principle", "")), grants=tuple(grants),
+            name=role_name,
+            label=str(spec.get("label", role_name)),
+            who=str(spec.get("who", "")),
+            scope=scope_kind,
+            purpose_required=bool(spec.get("purpose_required", False)),
+            screen_purpose=bool(spec.get("screen_purpose", False)),
+            minimum_grain=grain,
+            identifiable_pupils=identifiable,
+            subject_access=bool(spec.get("subject_access", False)),
+            principle=str(spec.get("principle", "")),
+            grants=tuple(grants),
         )
     if problems:
         raise PolicyError("access policy is invalid:\n  " + "\n  ".join(problems))
     return Policy(
-        version=version, updated=str(raw.get("updated", "")), source=str(raw.get("source", "")),
-        scopes=MappingProxyType(scopes), row_templates=MappingProxyType(rows),
+        version=version,
+        updated=str(raw.get("updated", "")),
+        source=str(raw.get("source", "")),
+        scopes=MappingProxyType(scopes),
+        row_templates=MappingProxyType(rows),
         rows_in_words=MappingProxyType(words),
         school_count_columns=_as_tuple(disclosure.get("school_count_columns", []), "school_count_columns"),
         aggregate_levels=_as_tuple(disclosure.get("aggregate_levels", []), "aggregate_levels"),
@@ -222,6 +275,7 @@ def load_policy(path: Path = POLICY_FILE) -> Policy:
 
 
 # --- the catalogue: what tables exist (or are declared) --------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TableInfo:
@@ -248,6 +302,7 @@ def contract_catalogue(contracts: Iterable[TableContract] | None = None) -> dict
 
 # --- grants ------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class TableGrant:
     table: str
@@ -256,6 +311,8 @@ class TableGrant:
     columns: tuple[str, ...]
     rule: str  # the policy rule that granted it
     rows_in_words: str = ""
+    #: hide rows the statistics' disclosure rules would suppress (see the gateway)
+    disclosure_control: bool = False
 
 
 @dataclass(frozen=True)
@@ -286,7 +343,7 @@ def _sql_string(value: str) -> str:
 
 
 def validate_scope(role: RoleDef, scope: str | None, pol: Policy) -> str | None:
-    """The scope, checked against the role's scope kind; AccessRefused when missing, unexpected or malformed."""
+    """The scope checked against the role's scope kind; AccessRefused when missing, unexpected, malformed."""
     if role.scope == "none":
         if scope not in (None, ""):
             raise AccessRefused("scope-unexpected", f"role {role.name!r} reads without a scope; drop --scope")
@@ -330,24 +387,34 @@ def _invariant_breach(role: RoleDef, info: TableInfo, columns: tuple[str, ...]) 
     return None
 
 
-def _row_filter(rule: GrantRule, info: TableInfo, scope: str | None, pol: Policy) -> tuple[str | None, str | None]:
+def _row_filter(
+    rule: GrantRule, info: TableInfo, scope: str | None, pol: Policy
+) -> tuple[str | None, str | None]:
     """(predicate, None) or (None, why the table must be withheld)."""
     parts: list[str] = []
     template = pol.row_templates[rule.rows]
     if "{scope}" in template:
         school_column = _school_column(info.columns)
         if school_column is None:
-            return None, f"rule {rule.rule} filters by school but the table has no {' or '.join(SCHOOL_COLUMNS)} column"
+            return (
+                None,
+                f"rule {rule.rule} filters by school but the table has no "
+                f"{' or '.join(SCHOOL_COLUMNS)} column",
+            )
         assert scope is not None
         parts.append(template.replace("{school}", school_column).replace("{scope}", _sql_string(scope)))
     if info.zone is Zone.LA_AND_ABOVE and "geographic_level" in info.columns and pol.aggregate_levels:
         levels = ", ".join(_sql_string(level.lower()) for level in pol.aggregate_levels)
         parts.append(f"lower(replace(geographic_level, '_', ' ')) IN ({levels})")
-    if rule.exclude_single_school_rows:
+    if rule.disclosure_control:
         count_column = next((c for c in pol.school_count_columns if c in info.columns), None)
         if count_column is not None:
             count_type = info.schema.field(count_column).type
-            if pa.types.is_integer(count_type) or pa.types.is_floating(count_type) or pa.types.is_decimal(count_type):
+            if (
+                pa.types.is_integer(count_type)
+                or pa.types.is_floating(count_type)
+                or pa.types.is_decimal(count_type)
+            ):
                 parts.append(f"{count_column} > 1")
             else:
                 parts.append(f"{count_column} <> '1'")
@@ -356,8 +423,13 @@ def _row_filter(rule: GrantRule, info: TableInfo, scope: str | None, pol: Policy
     return " AND ".join(f"({p})" if len(parts) > 1 else p for p in parts), None
 
 
-def policy(role: str, scope: str | None, catalogue: Mapping[str, TableInfo] | None = None, *,
-           pol: Policy | None = None) -> Grant:
+def policy(
+    role: str,
+    scope: str | None,
+    catalogue: Mapping[str, TableInfo] | None = None,
+    *,
+    pol: Policy | None = None,
+) -> Grant:
     """What ``role`` with ``scope`` may read: a pure function of the policy file and the table catalogue.
 
     ``catalogue`` lists the tables that exist or are declared (default: the registered table contracts);
@@ -386,13 +458,27 @@ def policy(role: str, scope: str | None, catalogue: Mapping[str, TableInfo] | No
         if why_not is not None:
             withheld[name] = f"withheld: {why_not}"
             continue
-        tables[name] = TableGrant(table=name, zone=info.zone, row_filter=predicate, columns=columns,
-                                  rule=rule.rule, rows_in_words=pol.rows_in_words.get(rule.rows, rule.rows))
+        tables[name] = TableGrant(
+            table=name,
+            zone=info.zone,
+            row_filter=predicate,
+            columns=columns,
+            rule=rule.rule,
+            rows_in_words=pol.rows_in_words.get(rule.rows, rule.rows),
+            disclosure_control=rule.disclosure_control,
+        )
     return Grant(
-        role=role, scope=scope, policy_version=pol.version, minimum_grain=role_def.minimum_grain,
-        tables=MappingProxyType(tables), zones=role_def.zones, purpose_required=role_def.purpose_required,
-        subject_access=role_def.subject_access, principle=role_def.principle,
-        withheld=MappingProxyType(withheld), rules=role_def.grants,
+        role=role,
+        scope=scope,
+        policy_version=pol.version,
+        minimum_grain=role_def.minimum_grain,
+        tables=MappingProxyType(tables),
+        zones=role_def.zones,
+        purpose_required=role_def.purpose_required,
+        subject_access=role_def.subject_access,
+        principle=role_def.principle,
+        withheld=MappingProxyType(withheld),
+        rules=role_def.grants,
     )
 
 
@@ -405,8 +491,9 @@ def check_purpose(role: str, purpose: str | None, pol: Policy | None = None) -> 
         raise AccessRefused("role-unknown", f"no role {role!r}; roles: {', '.join(pol.roles)}")
     text = (purpose or "").strip()
     if role_def.purpose_required and len(text) < 5:
-        raise AccessRefused("purpose-required",
-                            f"role {role!r} must say why it reads the data: give --purpose (a few words)")
+        raise AccessRefused(
+            "purpose-required", f"role {role!r} must say why it reads the data: give --purpose (a few words)"
+        )
     if role_def.screen_purpose and text:
         lowered = " ".join(re.findall(r"[a-z]+", text.lower()))
         for term in pol.prohibited_terms:
@@ -415,7 +502,8 @@ def check_purpose(role: str, purpose: str | None, pol: Policy | None = None) -> 
                     "purpose-prohibited",
                     f"the purpose mentions {term!r}: {pol.roles[pol.prohibited_use_instead].principle} "
                     f"Use the {pol.prohibited_use_instead!r} role, which reads local authority, regional and "
-                    "national figures only.")
+                    "national figures only.",
+                )
     return text or None
 
 
@@ -431,7 +519,9 @@ def describe_zone_access(role: RoleDef, zone: Zone, pol: Policy) -> str:
             what += " of " + ", ".join(g.tables)
         if g.exclude_columns:
             what += " (without " + ", ".join(g.exclude_columns) + ")"
-        if g.exclude_single_school_rows:
-            what += "; no single-school rows"
+        if g.exclude_tables:
+            what += " except " + ", ".join(g.exclude_tables)
+        if g.disclosure_control:
+            what += "; rows the disclosure rules would suppress are hidden"
         cells.append(what)
     return "; ".join(cells)

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "official_stats.commands",
     "access.commands",
     "attendance.ops_commands",
+    "attendance.demo",
 )
 
 

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
 
     # --- Observability -------------------------------------------------------------------------
     metrics_port: int = Field(default=9108, description="Port of /metrics, /healthz, /readyz; 0 disables.")
+    metrics_textfile: Path | None = Field(
+        default=None, description="Run-once commands write their metrics here (node-exporter textfile).")
+    pushgateway_url: str | None = Field(default=None, description="Run-once commands push their metrics here.")
     log_level: str = "INFO"
     operator: str = Field(default_factory=lambda: os.environ.get("USER", "unknown"),
                           description="Who runs commands that record an actor (opt-outs, purges).")

@@ -36,7 +36,7 @@ CHECKS: dict[str, str] = {
     ROLL_CHANGE: "The school's roll moved more than the threshold against the median of its recent days.",
     ATTENDANCE_RATE_OUTLIER: "The school's attendance rate is far from its own recent mean.",
     UNIFORM_MARKS: "Every mark in one of the school's extracts is the same code.",
-    MARKS_ON_CLOSED_SESSION: "Attendance marks in a session the school otherwise recorded as closed (# or Y4).",
+    MARKS_ON_CLOSED_SESSION: "Attendance marks in a session otherwise recorded as closed (# or Y4).",
     MARKS_ON_NON_SCHOOL_DAY: "Attendance marks dated on a weekend or an England and Wales bank holiday.",
     MARKS_AFTER_LEAVING: "Marks for pupils whose leaving date has passed.",
     REASON_CODE_SPIKE: "A register code's share of an LA's marks jumped against the LA's recent days.",
@@ -318,7 +318,8 @@ def roll_changes(extracts: Frame, day: dt.date, thresholds: Thresholds = Thresho
         "roll {} against a median of {} over the previous {} school days ({}%)",
         pl.col("roll"), pl.col("median"), pl.col("days"), _pct(pl.col("change") * 100))
     return _exceptions(
-        judged.with_columns(observed=pl.col("roll"), expected=pl.col("median"), detail=detail), day, ROLL_CHANGE)
+        judged.with_columns(observed=pl.col("roll"), expected=pl.col("median"), detail=detail),
+        day, ROLL_CHANGE)
 
 
 def school_day_rates(mark_counts: Frame) -> pl.DataFrame:
@@ -358,7 +359,8 @@ def attendance_rate_outliers(mark_counts: Frame, day: dt.date,
         .join(history, on="urn")
         .filter(pl.col("days") >= thresholds.rate_min_history_days)
         .with_columns(deviation=deviation, z=z)
-        .filter((pl.col("deviation").abs() > thresholds.rate_max_pp) | (pl.col("z").abs() > thresholds.rate_max_z))
+        .filter((pl.col("deviation").abs() > thresholds.rate_max_pp)
+                | (pl.col("z").abs() > thresholds.rate_max_z))
     )
     detail = pl.format(
         "attendance rate {}% against a mean of {}% over the previous {} school days ({} pp, z={})",
@@ -369,7 +371,8 @@ def attendance_rate_outliers(mark_counts: Frame, day: dt.date,
         day, ATTENDANCE_RATE_OUTLIER)
 
 
-def uniform_marks(extract_mark_counts: Frame, day: dt.date, thresholds: Thresholds = Thresholds()) -> pl.DataFrame:
+def uniform_marks(extract_mark_counts: Frame, day: dt.date,
+                  thresholds: Thresholds = Thresholds()) -> pl.DataFrame:
     """Schools with an extract (of at least ``uniform_min_marks`` marks on ``day``) where every mark is the
     same code. Whole-school closures (# or Y4) are left to ``marks_on_closed_session``."""
     per_extract = (
@@ -409,7 +412,8 @@ def marks_on_closed_sessions(mark_counts: Frame, day: dt.date,
     )
     detail = pl.format("{} attendance marks in session(s) {} otherwise recorded as closed (# or Y4)",
                        pl.col("observed"), pl.col("sessions"))
-    return _exceptions(per_school.with_columns(expected=pl.lit(0.0), detail=detail), day, MARKS_ON_CLOSED_SESSION)
+    return _exceptions(per_school.with_columns(expected=pl.lit(0.0), detail=detail),
+                       day, MARKS_ON_CLOSED_SESSION)
 
 
 def marks_on_non_school_days(mark_counts: Frame, day: dt.date) -> pl.DataFrame:
@@ -428,8 +432,10 @@ def marks_on_non_school_days(mark_counts: Frame, day: dt.date) -> pl.DataFrame:
         pl.col("marks").sum().alias("observed"),
         pl.col("date").unique().sort().dt.strftime("%a %Y-%m-%d").str.join(", ").alias("dates"),
     )
-    detail = pl.format("{} attendance marks dated {} (weekend or bank holiday)", pl.col("observed"), pl.col("dates"))
-    return _exceptions(per_school.with_columns(expected=pl.lit(0.0), detail=detail), day, MARKS_ON_NON_SCHOOL_DAY)
+    detail = pl.format("{} attendance marks dated {} (weekend or bank holiday)",
+                       pl.col("observed"), pl.col("dates"))
+    return _exceptions(per_school.with_columns(expected=pl.lit(0.0), detail=detail),
+                       day, MARKS_ON_NON_SCHOOL_DAY)
 
 
 def marks_after_leaving(leaver_marks: Frame, day: dt.date) -> pl.DataFrame:
@@ -465,7 +471,8 @@ def reason_code_spikes(mark_counts: Frame, schools: Frame, day: dt.date,
         .agg(pl.col("share").mean().alias("mean"), pl.col("share").std().fill_null(0.0).alias("std"),
              pl.col("date").n_unique().alias("days"))
     )
-    z = (pl.col("share") - pl.col("mean")) / pl.max_horizontal(pl.col("std"), pl.lit(thresholds.spike_min_std))
+    std = pl.max_horizontal(pl.col("std"), pl.lit(thresholds.spike_min_std))
+    z = (pl.col("share") - pl.col("mean")) / std
     spikes = (
         shares.filter((pl.col("date") == day) & (pl.col("la_marks") >= thresholds.spike_min_marks))
         .join(history, on=["la_code", "code"])
@@ -514,7 +521,8 @@ def run_checks(inputs: DqInputs, day: dt.date, thresholds: Thresholds = Threshol
     }
     results = [runners[c]() for c in wanted if c != MISSING_EXTRACT or is_collection_day(day)]
     found = pl.concat(results, how="vertical") if results else _exceptions(pl.DataFrame(), day, "").clear()
-    la_of = _frame(inputs.schools, "schools").select("urn", pl.col("old_la_code").alias("register_la")).unique("urn")
+    la_of = (_frame(inputs.schools, "schools")
+             .select("urn", pl.col("old_la_code").alias("register_la")).unique("urn"))
     return (
         found.join(la_of, on="urn", how="left")
         .with_columns(pl.coalesce("la_code", "register_la").alias("la_code"))

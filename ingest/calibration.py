@@ -39,9 +39,20 @@ PHASE_SCHOOL_COUNTS: dict[str, int] = {"Primary": 16_677, "Secondary": 3_494, "S
 
 #: Absence reasons as % of possible sessions at the national rate of 6.9%. Authorised 4.90, unauthorised 2.00.
 ABSENCE_REASON_RATES: dict[str, float] = {
-    "I": 3.30, "M": 0.60, "C": 0.50, "C2": 0.20, "E": 0.15, "R": 0.06, "S": 0.04, "T": 0.02, "J1": 0.02,
+    "I": 3.30,
+    "M": 0.60,
+    "C": 0.50,
+    "C2": 0.20,
+    "E": 0.15,
+    "R": 0.06,
+    "S": 0.04,
+    "T": 0.02,
+    "J1": 0.02,
     "C1": 0.01,
-    "O": 1.30, "G": 0.35, "N": 0.20, "U": 0.15,
+    "O": 1.30,
+    "G": 0.35,
+    "N": 0.20,
+    "U": 0.15,
 }
 AUTHORISED_REASONS = ("I", "M", "C", "C2", "E", "R", "S", "T", "J1", "C1")
 UNAUTHORISED_REASONS = ("O", "G", "N", "U")

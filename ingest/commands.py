@@ -37,15 +37,7 @@ def send_command(paths: tuple[Path, ...], progress: bool) -> None:
 
 COMMANDS: list[click.Command] = [send_command]
 
-try:  # the register loader and the generator keep their commands beside their code
-    from ingest.register import REGISTER_COMMANDS
+from ingest.generate import GENERATE_COMMANDS  # noqa: E402
+from ingest.register import REGISTER_COMMANDS  # noqa: E402
 
-    COMMANDS += REGISTER_COMMANDS
-except ImportError:  # pragma: no cover - only while the module is being written
-    pass
-try:
-    from ingest.generate import GENERATE_COMMANDS
-
-    COMMANDS += GENERATE_COMMANDS
-except ImportError:  # pragma: no cover
-    pass
+COMMANDS += REGISTER_COMMANDS + GENERATE_COMMANDS

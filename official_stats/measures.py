@@ -39,8 +39,14 @@ LATE_CODES_SORTED = sorted(c.code for c in REGISTER_CODES if c.late)
 
 #: The category session counts, in DfE's column order.
 SESSION_COUNT_COLUMNS: tuple[str, ...] = (
-    "present_sessions", "overall_attendance", "approved_educational_activity", "overall_absence",
-    "authorised_absence", "unauthorised_absence", "late_sessions", "possible_sessions",
+    "present_sessions",
+    "overall_attendance",
+    "approved_educational_activity",
+    "overall_absence",
+    "authorised_absence",
+    "unauthorised_absence",
+    "late_sessions",
+    "possible_sessions",
 )
 
 #: (register code, DfE reason column) for every code DfE publishes a count for.
@@ -61,7 +67,8 @@ HEADLINE_RATES: tuple[tuple[str, str], ...] = (
 )
 #: Reason rates: (DfE rate column, numerator reason column), from schemas.codes.
 REASON_RATES: tuple[tuple[str, str], ...] = tuple(
-    (c.dfe_rate_column, c.dfe_column) for c in REGISTER_CODES
+    (c.dfe_rate_column, c.dfe_column)
+    for c in REGISTER_CODES
     if c.dfe_rate_column is not None and c.dfe_column is not None
 )
 RATE_COLUMNS: tuple[str, ...] = tuple(name for name, _ in HEADLINE_RATES + REASON_RATES)
@@ -109,14 +116,18 @@ def sum_counts_exprs(columns: Sequence[str] = COUNT_COLUMNS) -> list[pl.Expr]:
 
 def rate(numerator: str, denominator: str) -> pl.Expr:
     """``numerator / denominator x 100``; null (not applicable) where the denominator is 0."""
-    return (pl.when(pl.col(denominator) > 0)
-            .then(pl.col(numerator).cast(pl.Float64) / pl.col(denominator).cast(pl.Float64) * 100.0)
-            .otherwise(None))
+    return (
+        pl.when(pl.col(denominator) > 0)
+        .then(pl.col(numerator).cast(pl.Float64) / pl.col(denominator).cast(pl.Float64) * 100.0)
+        .otherwise(None)
+    )
 
 
 def with_rates(frame: pl.DataFrame) -> pl.DataFrame:
     """Add DfE's headline and reason rates (over ``possible_sessions``)."""
-    return frame.with_columns([rate(num, "possible_sessions").alias(name) for name, num in HEADLINE_RATES + REASON_RATES])
+    return frame.with_columns(
+        [rate(num, "possible_sessions").alias(name) for name, num in HEADLINE_RATES + REASON_RATES]
+    )
 
 
 def with_pa_rates(frame: pl.DataFrame) -> pl.DataFrame:

@@ -33,7 +33,15 @@ class Term(StrEnum):
 
 
 TERMS: tuple[Term, ...] = (Term.AUTUMN, Term.SPRING, Term.SUMMER)
-WEEKDAY_NAMES: tuple[str, ...] = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+WEEKDAY_NAMES: tuple[str, ...] = (
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+)
 
 
 def academic_year_start(day: dt.date) -> int:
@@ -97,6 +105,7 @@ def second_half_summer_start(start_year: int) -> dt.date:
 
 # --- column-wise versions (Polars expressions over a Date column) -----------------------------------------
 
+
 def academic_year_start_expr(date: pl.Expr) -> pl.Expr:
     return pl.when(date.dt.month() >= 9).then(date.dt.year()).otherwise(date.dt.year() - 1).cast(pl.Int32)
 
@@ -108,6 +117,10 @@ def academic_year_code_expr(date: pl.Expr) -> pl.Expr:
 
 def term_expr(date: pl.Expr) -> pl.Expr:
     month = date.dt.month()
-    return (pl.when(month >= 9).then(pl.lit(Term.AUTUMN.value))
-            .when(month <= 4).then(pl.lit(Term.SPRING.value))
-            .otherwise(pl.lit(Term.SUMMER.value)))
+    return (
+        pl.when(month >= 9)
+        .then(pl.lit(Term.AUTUMN.value))
+        .when(month <= 4)
+        .then(pl.lit(Term.SPRING.value))
+        .otherwise(pl.lit(Term.SUMMER.value))
+    )

@@ -37,7 +37,11 @@ SEN_LABELS = {"N": "No identified SEN", "K": "SEN support", "E": "EHC plan"}
 UNKNOWN = "Unknown"
 
 GEOGRAPHY_COLUMNS: tuple[str, ...] = (
-    "region_code", "region_name", "old_la_code", "new_la_code", "la_name",
+    "region_code",
+    "region_name",
+    "old_la_code",
+    "new_la_code",
+    "la_name",
 )
 #: Pupil characteristics used for the optional breakdowns (label columns).
 CHARACTERISTIC_COLUMNS: tuple[str, ...] = ("fsm_status", "sen_status", "year_group")
@@ -54,14 +58,19 @@ class ScopeResult:
 
 def age_at_start_of_year_expr(date_of_birth: pl.Expr, academic_year_start: pl.Expr) -> pl.Expr:
     """Age in whole years on 31 August of ``academic_year_start`` (before the academic year begins)."""
-    return (academic_year_start - date_of_birth.dt.year()
-            - (date_of_birth.dt.month() >= 9).cast(pl.Int32)).cast(pl.Int32)
+    return (
+        academic_year_start - date_of_birth.dt.year() - (date_of_birth.dt.month() >= 9).cast(pl.Int32)
+    ).cast(pl.Int32)
 
 
 def fsm_status_expr(fsm_eligible: pl.Expr) -> pl.Expr:
-    return (pl.when(fsm_eligible.is_null()).then(pl.lit(UNKNOWN))
-            .when(fsm_eligible).then(pl.lit(FSM_LABELS[True]))
-            .otherwise(pl.lit(FSM_LABELS[False])))
+    return (
+        pl.when(fsm_eligible.is_null())
+        .then(pl.lit(UNKNOWN))
+        .when(fsm_eligible)
+        .then(pl.lit(FSM_LABELS[True]))
+        .otherwise(pl.lit(FSM_LABELS[False]))
+    )
 
 
 def sen_status_expr(sen_provision: pl.Expr) -> pl.Expr:
@@ -74,7 +83,9 @@ def year_group_expr(nc_year_group: pl.Expr) -> pl.Expr:
     return nc_year_group.replace_strict(mapping, default="Other", return_dtype=pl.String)
 
 
-def opted_out_mask(keys: pl.DataFrame, optouts: pl.DataFrame | None, timezone: str = "Europe/London") -> pl.Series:
+def opted_out_mask(
+    keys: pl.DataFrame, optouts: pl.DataFrame | None, timezone: str = "Europe/London"
+) -> pl.Series:
     """For each row of ``keys`` (``urn``, ``date``): True when the school is opted out on that date.
 
     ``optouts``: ``urn``, ``status`` (``opted_out``/``opted_in``), ``effective_at`` (timestamp; UTC when
@@ -86,19 +97,31 @@ def opted_out_mask(keys: pl.DataFrame, optouts: pl.DataFrame | None, timezone: s
     dtype = optouts.schema["effective_at"]
     if isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
         effective = effective.dt.replace_time_zone("UTC")
-    events = (optouts.select(
-        pl.col("urn").cast(pl.String),
-        pl.col("status").cast(pl.String),
-        pl.col("effective_at"),
-        effective.dt.convert_time_zone(timezone).dt.date().alias("effective_date"),
-    ).sort("urn", "effective_at")
-        .group_by("urn", "effective_date", maintain_order=True).last()
-        .sort("effective_date"))
+    events = (
+        optouts.select(
+            pl.col("urn").cast(pl.String),
+            pl.col("status").cast(pl.String),
+            pl.col("effective_at"),
+            effective.dt.convert_time_zone(timezone).dt.date().alias("effective_date"),
+        )
+        .sort("urn", "effective_at")
+        .group_by("urn", "effective_date", maintain_order=True)
+        .last()
+        .sort("effective_date")
+    )
     pairs = keys.select(pl.col("urn").cast(pl.String), pl.col("date")).with_row_index("_row")
-    joined = (pairs.sort("date")
-              .join_asof(events.select("urn", "effective_date", "status"), left_on="date",
-                         right_on="effective_date", by="urn", strategy="backward")
-              .sort("_row"))
+    joined = (
+        pairs.sort("date")
+        .join_asof(
+            events.select("urn", "effective_date", "status"),
+            left_on="date",
+            right_on="effective_date",
+            by="urn",
+            strategy="backward",
+            check_sortedness=False,  # both sides sorted by date above
+        )
+        .sort("_row")
+    )
     return (joined["status"] == "opted_out").fill_null(False).alias("opted_out")
 
 
@@ -115,9 +138,15 @@ def _second_half_summer_starts(academic_years: pl.Series) -> dict[int, object]:
     return {int(y): periods.second_half_summer_start(int(y)) for y in academic_years.unique().drop_nulls()}
 
 
-def apply_scope(marks: pl.DataFrame, *, extracts: pl.DataFrame, pupils: pl.DataFrame,
-                schools: pl.DataFrame, optouts: pl.DataFrame | None = None,
-                timezone: str = "Europe/London") -> ScopeResult:
+def apply_scope(
+    marks: pl.DataFrame,
+    *,
+    extracts: pl.DataFrame,
+    pupils: pl.DataFrame,
+    schools: pl.DataFrame,
+    optouts: pl.DataFrame | None = None,
+    timezone: str = "Europe/London",
+) -> ScopeResult:
     """The marks that count, each with its pupil's age and characteristics and its school's geography.
 
     ``marks``: ``urn, upn, date, session, code, extract_id``; ``extracts``: ``extract_id, status``;
@@ -145,8 +174,9 @@ def apply_scope(marks: pl.DataFrame, *, extracts: pl.DataFrame, pupils: pl.DataF
 
     pupil_cols = ["urn", "upn", "date_of_birth", "nc_year_group", "fsm_eligible", "sen_provision"]
     before = counted.height
-    counted = counted.join(pupils.select(pupil_cols).unique(["urn", "upn"], keep="last"),
-                           on=["urn", "upn"], how="inner")
+    counted = counted.join(
+        pupils.select(pupil_cols).unique(["urn", "upn"], keep="last"), on=["urn", "upn"], how="inner"
+    )
     excluded["pupil_not_known"] = before - counted.height
 
     counted = counted.with_columns(
@@ -185,5 +215,6 @@ def schools_in_scope(schools: pl.DataFrame, on: object) -> pl.DataFrame:
     opened = pl.col("open_date").is_null() | (pl.col("open_date") <= date)
     not_closed = pl.col("close_date").is_null() | (pl.col("close_date") > date)
     status_ok = ~(pl.col("close_date").is_null() & pl.col("status").fill_null("").str.starts_with("Closed"))
-    return schools.filter(pl.col("attendance_phase").is_in(list(IN_SCOPE_PHASES)) & opened & not_closed
-                          & status_ok)
+    return schools.filter(
+        pl.col("attendance_phase").is_in(list(IN_SCOPE_PHASES)) & opened & not_closed & status_ok
+    )

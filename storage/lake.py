@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
@@ -176,3 +177,37 @@ def in_list(column: str, values: pa.Array | pa.ChunkedArray) -> str:
     """``column IN ('a','b')`` over the distinct values, for partition/URN pruning in MERGE predicates."""
     distinct = pc.unique(values).drop_null().to_pylist()
     return f"{column} IN ({', '.join(sql_literal(v) for v in sorted(map(str, distinct)))})"
+
+
+def filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path in it for a table or lake URI (local path or ``s3://``), for
+    listing and reading the Parquet files themselves (destruction checks every file, not only the
+    current version's)."""
+    opts = {key.upper(): value for key, value in (storage_options or {}).items()}
+    if is_s3_uri(uri):
+        endpoint = opts.get("AWS_ENDPOINT_URL")
+        scheme = "https"
+        if endpoint and "://" in endpoint:
+            scheme, endpoint = endpoint.split("://", 1)
+        fs = pafs.S3FileSystem(
+            access_key=opts.get("AWS_ACCESS_KEY_ID"), secret_key=opts.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=opts.get("AWS_SESSION_TOKEN"), region=opts.get("AWS_REGION"),
+            endpoint_override=endpoint, scheme=scheme,
+        )
+        return fs, uri.split("://", 1)[1].rstrip("/")
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), os.path.abspath(path)
+
+
+def data_files(uri: str, storage_options: Mapping[str, str] | None = None) -> list[str]:
+    """Every Parquet data file under a table directory, referenced by the log or not (``_delta_log``
+    excluded), as paths in ``filesystem(uri)``."""
+    fs, root = filesystem(uri, storage_options)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return sorted(
+        info.path for info in infos
+        if info.type == pafs.FileType.File and info.path.endswith(".parquet")
+        and "/_delta_log/" not in info.path and not info.path.split("/")[-1].startswith(("_", "."))
+    )

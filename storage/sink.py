@@ -33,7 +33,8 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable, Transaction
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, QueryBuilder, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from attendance import metrics
@@ -195,7 +196,7 @@ class DeltaSink:
         now = self._clock()
         rows_written: dict[str, int] = {}
         if _has_rows(batch.pupils):
-            rows_written[PUPILS.name] = self._merge_pupils(batch.pupils, now, progress)
+            rows_written[PUPILS.name] = self._merge_pupils(batch.pupils, now, advancing, progress)
         if _has_rows(batch.extracts):
             rows_written[EXTRACTS.name] = self._merge_extracts(batch.extracts, progress)
         if _has_rows(batch.quarantine):
@@ -218,19 +219,23 @@ class DeltaSink:
         self, sessions: pa.Table | None, offsets: Mapping[TopicPartition, int], now: datetime,
         progress: _Progress,
     ) -> tuple[int, int | None, _Offsets, _Offsets]:
+        """The batch's last commit: its offsets, with its session rows of school-days new to the table.
+
+        Rows of a (urn, date) the table already holds (second extract of a day, amendments of earlier
+        days) are MERGEd first (newest generated_at wins; idempotent, no offsets). Rows of a (urn, date)
+        the table does not hold yet cannot match anything, so they are appended: no scan of the day's
+        partition, and the append carries the offsets. Two writers can only race on the same school if
+        they consume the same Kafka partition (extracts are keyed by URN), and then they commit the same
+        app_id, which delta-rs refuses to commit twice concurrently: the loser retries, sees the school-day
+        present and MERGEs instead. So no key is ever stored twice.
+        """
         source = None
         if _has_rows(sessions):
             assert sessions is not None
             source = dedupe_newest(
                 lake.conform(sessions, ATTENDANCE_SESSIONS, fill={"ingested_at": now}),
                 ATTENDANCE_SESSIONS.key, "generated_at")
-            predicate = " AND ".join([
-                _equal_match(ATTENDANCE_SESSIONS.key),
-                # Literal partition values and URNs: concurrent MERGEs into other days never conflict, and
-                # the target scan and the conflict check are pruned to these files (stack notes).
-                lake.in_list("t.date", source.column("date").cast(pa.string())),
-                lake.in_list("t.urn", source.column("urn")),
-            ])
+            source_school_days = _school_day_keys(source)
 
         def attempt() -> tuple[int, int | None, _Offsets, _Offsets]:
             delta = self._table(ATTENDANCE_SESSIONS, refresh=True)
@@ -241,22 +246,30 @@ class DeltaSink:
                 app_transactions=[Transaction(self.app_id(t, p), o) for (t, p), o in advancing.items()])
             version_before = delta.version()
             written = 0
+            offsets_written = not advancing
             if source is not None:
-                result = (
-                    delta.merge(source, predicate, source_alias="s", target_alias="t",
-                                commit_properties=properties)
-                    .when_matched_update_all(predicate="s.generated_at > t.generated_at")
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
-                written = int(result["num_target_rows_inserted"]) + int(result["num_target_rows_updated"])
-            if delta.version() == version_before and advancing:
-                # Nothing to MERGE, or a MERGE that changed nothing (delta-rs then commits nothing):
-                # commit the offsets alone, as a commit with no data files.
+                present = pc.is_in(source_school_days, value_set=self._present_school_days(delta, source))
+                known, fresh = source.filter(present), source.filter(pc.invert(present))
+                if known.num_rows:
+                    result = (
+                        delta.merge(known, _sessions_merge_predicate(known), source_alias="s",
+                                    target_alias="t")
+                        .when_matched_update_all(predicate="s.generated_at > t.generated_at")
+                        .when_not_matched_insert_all()
+                        .execute()
+                    )
+                    written += _rows_changed(result)
+                if fresh.num_rows:
+                    write_deltalake(delta, fresh, mode="append", commit_properties=properties)
+                    written += fresh.num_rows
+                    offsets_written = True
+            if not offsets_written:
+                # No new school-day rows: commit the offsets alone, as a commit with no data files
+                # (a MERGE that changes nothing commits nothing in delta-rs, so it cannot carry them).
                 delta.create_write_transaction(
                     [], mode="append", schema=ATTENDANCE_SESSIONS.schema,
                     partition_by=list(ATTENDANCE_SESSIONS.partition_by), commit_properties=properties)
-                delta.update_incremental()
+            delta.update_incremental()
             version = delta.version() if delta.version() != version_before else None
             return written, version, advancing, already
 
@@ -264,26 +277,55 @@ class DeltaSink:
         metrics.DELTA_ROWS_WRITTEN.labels(table=ATTENDANCE_SESSIONS.name).inc(written)
         return written, version, committed, already
 
-    def _merge_pupils(self, pupils: pa.Table, now: datetime, progress: _Progress) -> int:
+    @staticmethod
+    def _present_school_days(delta: DeltaTable, source: pa.Table) -> pa.Array:
+        """``urn|date`` of the source's school-days that the table already holds (partition-pruned query)."""
+        query = (
+            "SELECT DISTINCT urn, date FROM sessions WHERE "
+            f"{lake.in_list('date', source.column('date').cast(pa.string()))} "
+            f"AND {lake.in_list('urn', source.column('urn'))}"
+        )
+        present = pa.table(QueryBuilder().register("sessions", delta).execute(query).read_all())
+        return _school_day_keys(present).combine_chunks() if present.num_rows else pa.array([], pa.string())
+
+    def _merge_pupils(self, pupils: pa.Table, now: datetime, fence: Mapping[TopicPartition, int],
+                      progress: _Progress) -> int:
+        """Newest generated_at wins per (urn, upn). Pupils of schools the table does not hold yet are
+        appended (nothing to match); the append carries the batch's app_ids as ``txn`` so that two writers
+        of the same Kafka partition cannot both append the same school (the second commit conflicts,
+        retries, finds the school present and MERGEs). Those ``txn`` versions are never read."""
         source = dedupe_newest(lake.conform(pupils, PUPILS, fill={"current_since": now}),
                                PUPILS.key, "generated_at")
-        predicate = f"{_equal_match(PUPILS.key)} AND {lake.in_list('t.urn', source.column('urn'))}"
         changed = " OR ".join(f"(t.{name} IS DISTINCT FROM s.{name})" for name in PUPIL_CHARACTERISTICS)
         newer = "s.generated_at > t.generated_at"
+        properties = CommitProperties(
+            app_transactions=[Transaction(self.app_id(t, p), o) for (t, p), o in fence.items()])
 
         def attempt() -> int:
-            result = (
-                self._table(PUPILS, refresh=True)
-                .merge(source, predicate, source_alias="s", target_alias="t")
-                # A newer extract with different characteristics: a new version, current from now.
-                .when_matched_update_all(predicate=f"{newer} AND ({changed})")
-                # A newer extract saying the same: only the provenance moves (newest wins stays exact).
-                .when_matched_update(updates={"extract_id": "s.extract_id", "generated_at": "s.generated_at"},
-                                     predicate=newer)
-                .when_not_matched_insert_all()
-                .execute()
-            )
-            return int(result["num_target_rows_inserted"]) + int(result["num_target_rows_updated"])
+            delta = self._table(PUPILS, refresh=True)
+            query = f"SELECT DISTINCT urn FROM pupils WHERE {lake.in_list('urn', source.column('urn'))}"
+            present_urns = pa.table(QueryBuilder().register("pupils", delta).execute(query).read_all())
+            present = pc.is_in(source.column("urn"), value_set=present_urns.column("urn").cast(pa.string()))
+            known, fresh = source.filter(present), source.filter(pc.invert(present))
+            written = 0
+            if known.num_rows:
+                predicate = f"{_equal_match(PUPILS.key)} AND {lake.in_list('t.urn', known.column('urn'))}"
+                result = (
+                    delta.merge(known, predicate, source_alias="s", target_alias="t")
+                    # A newer extract with different characteristics: a new version, current from now.
+                    .when_matched_update_all(predicate=f"{newer} AND ({changed})")
+                    # A newer extract saying the same: only the provenance moves (newest wins stays exact).
+                    .when_matched_update(
+                        updates={"extract_id": "s.extract_id", "generated_at": "s.generated_at"},
+                        predicate=newer)
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
+                written += _rows_changed(result)
+            if fresh.num_rows:
+                write_deltalake(delta, fresh, mode="append", commit_properties=properties)
+                written += fresh.num_rows
+            return written
 
         written = self._with_retries(PUPILS, attempt, progress)
         metrics.DELTA_ROWS_WRITTEN.labels(table=PUPILS.name).inc(written)
@@ -303,7 +345,7 @@ class DeltaSink:
                 .when_not_matched_insert_all()
                 .execute()
             )
-            return int(result["num_target_rows_inserted"]) + int(result["num_target_rows_updated"])
+            return _rows_changed(result)
 
         written = self._with_retries(EXTRACTS, attempt, progress)
         metrics.DELTA_ROWS_WRITTEN.labels(table=EXTRACTS.name).inc(written)
@@ -371,6 +413,25 @@ class DeltaSink:
                 progress.table_seconds.get(contract.name, 0.0) + finished - first_started)
             return outcome
         raise AssertionError("unreachable")
+
+
+def _school_day_keys(data: pa.Table) -> pa.ChunkedArray:
+    urn = data.column("urn").cast(pa.string())
+    return pc.binary_join_element_wise(urn, data.column("date").cast(pa.string()), "|")
+
+
+def _sessions_merge_predicate(source: pa.Table) -> str:
+    return " AND ".join([
+        _equal_match(ATTENDANCE_SESSIONS.key),
+        # Literal partition values and URNs: concurrent MERGEs into other days never conflict, and the
+        # target scan and the conflict check are pruned to these files (stack notes).
+        lake.in_list("t.date", source.column("date").cast(pa.string())),
+        lake.in_list("t.urn", source.column("urn")),
+    ])
+
+
+def _rows_changed(merge_metrics: Mapping[str, Any]) -> int:
+    return int(merge_metrics["num_target_rows_inserted"]) + int(merge_metrics["num_target_rows_updated"])
 
 
 def _has_rows(data: pa.Table | None) -> bool:

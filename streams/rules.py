@@ -1,0 +1,237 @@
+"""The one registry of validation rules: stable reason codes, what each rejects, and the column-wise UPN check.
+
+Every rejection the stream makes (decode, header, record rules, the completeness tracker) names one of these
+codes; ``attendance rules`` lists them and ``docs/rules.md`` explains the choices behind them. A code, once
+published to the contractor, is never renamed or reused: add a new one instead.
+
+Severity says what a failure costs:
+
+- ``message``: the whole message is quarantined (and, in the worker, every chunk of its extract);
+- ``pupil``: the pupil record and all its marks are quarantined;
+- ``mark``: that one mark is quarantined;
+- ``warn``: recorded, the data is kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from typing import Literal
+
+import click
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.upn import ALPHABET
+
+Severity = Literal["message", "pupil", "mark", "warn"]
+SEVERITIES: tuple[Severity, ...] = ("message", "pupil", "mark", "warn")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    code: str
+    severity: Severity
+    field: str
+    description: str
+
+
+_RULES: tuple[Rule, ...] = (
+    # --- message: the bytes, the structure, the header --------------------------------------------------
+    Rule("MSG_NOT_UTF8", "message", "(message)", "The message bytes are not valid UTF-8."),
+    Rule("MSG_NOT_JSON", "message", "(message)",
+         "The message is not one JSON document (syntax error, NaN/Infinity, trailing data, number out of "
+         "range, or nested more than 1024 levels deep)."),
+    Rule("MSG_CONTRACT", "message", "(header)",
+         "The message breaks the contract's structure: not a JSON object, a header field missing, of the "
+         "wrong type or malformed (schema_version, extract_id, urn, laestab, extract_date, generated_at, "
+         "chunk_index, chunk_count, pupil_count), pupils not a list of objects, or a pupil's sessions not a "
+         "list of objects."),
+    Rule("MSG_UNKNOWN_URN", "message", "urn", "The URN is not in the school register (GIAS)."),
+    Rule("MSG_CLOSED_URN", "message", "urn",
+         "The register's status for the URN is neither 'Open' nor 'Open, but proposed to close'."),
+    Rule("MSG_LAESTAB_MISMATCH", "message", "laestab", "The LAESTAB differs from the register's for the URN."),
+    Rule("MSG_EXTRACT_DATE_FUTURE", "message", "extract_date", "extract_date is after today."),
+    Rule("MSG_EXTRACT_DATE_TOO_OLD", "message", "extract_date",
+         "extract_date is more than extract_max_age_days (default 30) before today."),
+    Rule("MSG_CHUNK_NUMBERING", "message", "chunk_index",
+         "Chunk numbering is broken: chunk_index >= chunk_count, chunk_count differs between chunks, a "
+         "chunk_index repeats, or the indexes are not 0..chunk_count-1."),
+    Rule("MSG_PUPIL_COUNT_MISMATCH", "message", "pupil_count",
+         "pupil_count differs between chunks, or the pupils of all chunks do not add up to pupil_count."),
+    Rule("MSG_HEADER_INCONSISTENT", "message", "(header)",
+         "urn, laestab, extract_date or generated_at differs between chunks of one extract."),
+    Rule("MSG_EXTRACT_REJECTED", "message", "chunk_index",
+         "Another chunk of the same extract was rejected: an extract is stored whole or not at all."),
+    Rule("MSG_INCOMPLETE", "message", "chunk_count",
+         "The extract was still missing chunks when the completeness timeout expired."),
+    # --- pupil -----------------------------------------------------------------------------------------------
+    Rule("PUPIL_CONTRACT", "pupil", "(pupil)",
+         "A pupil field is missing, null where required, of the wrong JSON type, or a date that is not "
+         "YYYY-MM-DD."),
+    Rule("PUPIL_UPN_INVALID", "pupil", "upn",
+         "The UPN is not 13 characters of the UPN pattern, or its check letter is wrong."),
+    Rule("PUPIL_DUPLICATE_UPN", "pupil", "upn",
+         "The UPN appears more than once in the extract (all chunks): every copy is rejected."),
+    Rule("PUPIL_YEAR_GROUP_INVALID", "pupil", "nc_year_group",
+         "nc_year_group is not one of E1, E2, N1, N2, R, 1-14, M, X."),
+    Rule("PUPIL_DOB_IMPLAUSIBLE", "pupil", "date_of_birth",
+         "The age at 31 August before the extract's academic year does not fit the year group "
+         "(see docs/rules.md)."),
+    Rule("PUPIL_SEX_INVALID", "pupil", "sex", "sex is not 'M' or 'F'."),
+    Rule("PUPIL_SEN_INVALID", "pupil", "sen_provision", "sen_provision is not 'N', 'K' or 'E'."),
+    Rule("PUPIL_LEFT", "warn", "leaving_date",
+         "The pupil has marks (other than '-') dated after their leaving_date; the marks are kept."),
+    # --- mark ------------------------------------------------------------------------------------------------
+    Rule("MARK_CONTRACT", "mark", "(mark)",
+         "A mark field (date, session, code) is missing, null, of the wrong JSON type, or the date is not "
+         "YYYY-MM-DD."),
+    Rule("MARK_CODE_UNKNOWN", "mark", "code", "The code is not a register code."),
+    Rule("MARK_CODE_NOT_VALID_ON_DATE", "mark", "code",
+         "A legacy code (H, J, F, Y) dated on or after 19 August 2024, or a 2024 code (K, C1, C2, J1, Q, "
+         "Y1-Y7) dated before it."),
+    Rule("MARK_SESSION_INVALID", "mark", "session", "session is not 'AM' or 'PM'."),
+    Rule("MARK_DATE_OUTSIDE_WINDOW", "mark", "date",
+         "The mark is dated after extract_date, or before the amendment window: extract_date minus "
+         "amendment_window_school_days (default 7) weekdays."),
+    Rule("MARK_WEEKEND", "mark", "date", "The mark is dated on a Saturday or Sunday."),
+    Rule("MARK_DUPLICATE_CONFLICT", "mark", "code",
+         "The pupil has two or more marks for the same date and session with different codes: all are "
+         "rejected."),
+    Rule("MARK_DUPLICATE_SAME", "warn", "code",
+         "The same mark (date, session, code) appears more than once for the pupil: the first is kept, "
+         "the copies are dropped."),
+    Rule("MARK_NO_MARK", "warn", "code",
+         "Code '-' (no mark entered yet): kept as the register's current state, counted in no statistic."),
+)
+
+#: Every rule by reason code.
+RULES: dict[str, Rule] = {rule.code: rule for rule in _RULES}
+
+
+def severity_of(code: str) -> Severity:
+    return RULES[code].severity
+
+
+def rules_table() -> pa.Table:
+    """The registry as a table (code, severity, field, description), in registry order."""
+    return pa.table({
+        "code": [r.code for r in _RULES],
+        "severity": [r.severity for r in _RULES],
+        "field": [r.field for r in _RULES],
+        "description": [r.description for r in _RULES],
+    })
+
+
+def rules_markdown() -> str:
+    """The registry as a Markdown table (docs/rules.md embeds it)."""
+    lines = ["| Code | Severity | Field | Description |", "|---|---|---|---|"]
+    for r in _RULES:
+        lines.append(f"| `{r.code}` | {r.severity} | `{r.field}` | {r.description.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- column-wise UPN check ----------------------------------------------------------------------------------
+
+UPN_REGEX = r"^[A-HJ-NP-RT-Z][0-9]{11}[0-9A-HJ-NP-RT-Z]$"
+_WEIGHTS = tuple(range(2, 14))  # character positions 2..13 (1-based) carry weights 2..13
+
+
+def _char_values() -> pa.Array:
+    """Value of every byte as a UPN character: digits their value, letters their ALPHABET index."""
+    values = [0] * 256
+    for digit in range(10):
+        values[ord("0") + digit] = digit
+    for index, letter in enumerate(ALPHABET):
+        values[ord(letter)] = index
+    return pa.array(values, pa.int32())
+
+
+_CHAR_VALUES = _char_values()
+_ALPHABET_CODES = pa.array([ord(c) for c in ALPHABET], pa.int32())
+
+
+def upn_is_valid(upns: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Column-wise twin of :func:`schemas.upn.is_valid_upn`: True where the UPN is valid, False otherwise
+    (null UPNs are False).
+
+    Shape by regular expression, then the check letter: the 13-byte values are viewed as one
+    ``fixed_size_binary(13)`` block, each of positions 2..13 is sliced out as a byte, mapped to its value
+    through a 256-entry lookup (digit -> value, letter -> ALPHABET index), weighted, summed, taken mod 23
+    and compared with the first byte's ALPHABET code.
+    """
+    if isinstance(upns, pa.ChunkedArray):
+        upns = upns.combine_chunks()
+    upns = upns.cast(pa.string())
+    shaped = pc.fill_null(pc.match_substring_regex(upns, UPN_REGEX), False)
+    candidates = upns.filter(shaped)
+    if len(candidates) == 0:
+        return shaped
+    # Shape guarantees 13 ASCII bytes, so the block is rows of exactly 13 bytes.
+    block = candidates.cast(pa.binary()).cast(pa.binary(13))
+    byte_codes = [
+        pc.cast(pc.binary_slice(block.cast(pa.binary()), position, position + 1).cast(pa.binary(1)).view(
+            pa.uint8()), pa.int32())
+        for position in range(13)
+    ]
+    total = pc.multiply(pc.take(_CHAR_VALUES, byte_codes[1]), _WEIGHTS[0])
+    for position in range(2, 13):
+        term = pc.multiply(pc.take(_CHAR_VALUES, byte_codes[position]), _WEIGHTS[position - 1])
+        total = pc.add(total, term)
+    expected = pc.take(_ALPHABET_CODES, pc.cast(pc.divide(total, 1) if False else _mod(total, 23), pa.int32()))
+    check_ok = pc.equal(expected, byte_codes[0])
+    # Scatter the check results back over the shaped positions.
+    result = pc.replace_with_mask(shaped, shaped, check_ok)
+    return result
+
+
+def _mod(values: pa.Array, divisor: int) -> pa.Array:
+    """Non-negative integer modulo, column-wise (values here are never negative)."""
+    quotient = pc.divide(values, divisor)  # integer division for integer inputs
+    return pc.subtract(values, pc.multiply(quotient, divisor))
+
+
+# --- the `rules` command ----------------------------------------------------------------------------------
+
+
+def _render_table(table: pa.Table, width: int = 100) -> str:
+    rows = table.to_pylist()
+    code_w = max(len("code"), *(len(r["code"]) for r in rows))
+    sev_w = max(len("severity"), *(len(r["severity"]) for r in rows))
+    field_w = max(len("field"), *(len(r["field"]) for r in rows))
+    desc_w = max(30, width - code_w - sev_w - field_w - 6)
+    out = [f"{'code':<{code_w}}  {'severity':<{sev_w}}  {'field':<{field_w}}  description",
+           f"{'-' * code_w}  {'-' * sev_w}  {'-' * field_w}  {'-' * min(desc_w, 11)}"]
+    for r in rows:
+        words, lines, line = r["description"].split(), [], ""
+        for word in words:
+            if line and len(line) + 1 + len(word) > desc_w:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+        out.append(f"{r['code']:<{code_w}}  {r['severity']:<{sev_w}}  {r['field']:<{field_w}}  {lines[0]}")
+        indent = " " * (code_w + sev_w + field_w + 6)
+        out.extend(indent + extra for extra in lines[1:])
+    return "\n".join(out) + "\n"
+
+
+@click.command("rules")
+@click.option("--format", "output_format", type=click.Choice(["table", "csv"]), default="table",
+              show_default=True, help="A readable table, or CSV for a spreadsheet.")
+def rules_command(output_format: str) -> None:
+    """List the validation rules: reason code, severity, field and description."""
+    table = rules_table()
+    if output_format == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(table.column_names)
+        writer.writerows(zip(*(table.column(name).to_pylist() for name in table.column_names), strict=True))
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        click.echo(_render_table(table), nl=False)
+
+
+RULES_COMMANDS: list[click.Command] = [rules_command]
