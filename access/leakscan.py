@@ -3,7 +3,7 @@
 For every Delta table in ``la_aggregates`` and ``published`` and every CSV/Parquet file in ``published``:
 
 * no pupil column (``upn``, ``pupil_key``, a name, anything named like a date of birth);
-* no UPN-shaped text in any string cell;
+* no UPN-shaped text in any string cell, and no school identifier written into text (``"urn": ...``);
 * no cell that the primary disclosure rules of the statistics would suppress left unsuppressed:
   a Local authority row built from one school (DfE: counts and rates become ``c`` when
   ``geographic_level == "Local authority" & num_schools == 1``; EES data guidance "Pupil attendance in
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: UPN-shaped text (schemas.upn.UPN_PATTERN, unanchored; Rust regex has no look-around).
 UPN_IN_TEXT = r"(^|[^A-Z0-9])[A-HJ-NP-RT-Z][0-9]{11}[0-9A-HJ-NP-RT-Z]($|[^A-Z0-9])"
+#: A school identifier written into text (JSON such as {"urn": "100000", ...}).
+URN_IN_TEXT = r'(?i)"(school_)?urn"\s*:'
 #: EES symbols that stand in for a suppressed or unavailable value (DfE open data standards).
 SYMBOLS = frozenset({"c", "x", "z", "low", "k", "u"})
 SCHOOL_COUNT_COLUMNS = ("num_schools", "school_submitted_count", "school_all_count", "total_num_schools")
@@ -111,6 +113,15 @@ def scan_frame(
                 findings.append(
                     Finding(location, "upn-text", f"{count} cell(s) of {column} hold UPN-shaped text")
                 )
+    if text_columns and frame.height:
+        named = frame.select(
+            pl.col(c).str.contains(URN_IN_TEXT).fill_null(False).sum() for c in text_columns
+        ).row(0)
+        for column, count in zip(text_columns, named, strict=True):
+            if count:
+                findings.append(
+                    Finding(location, "school-in-text", f"{count} cell(s) of {column} name a school (urn)")
+                )
     findings.extend(_disclosure(location, frame, single_school_max, min_pupil_count))
     return findings
 
@@ -154,6 +165,8 @@ def _disclosure(
             if count:
                 open_cells.append(f"{column} ({count})")
         if open_cells:
+            if len(open_cells) > 6:
+                open_cells = [*open_cells[:6], f"and {len(open_cells) - 6} more column(s)"]
             findings.append(
                 Finding(
                     location,

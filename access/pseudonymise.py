@@ -13,8 +13,9 @@ The key comes from ``ATTENDANCE_PSEUDONYMISATION_KEY`` (at least 32 characters; 
 lake: without it a ``pupil_key`` cannot be turned back into a UPN by trying every UPN. There is no
 default key, not even in development; tests pass one explicitly.
 
-HMAC is computed once per distinct UPN of each batch of rows (Arrow dictionary encoding) with the key's inner and outer
-SHA-256 states precomputed (RFC 2104), so a year of sessions costs one HMAC per pupil, not per row.
+HMAC is computed once per distinct UPN of each batch of rows (Arrow dictionary encoding), with the key's
+inner and outer SHA-256 states precomputed (RFC 2104): a day's two sessions of a pupil cost one HMAC, and
+the one Python loop runs over distinct pupils, not rows.
 """
 
 from __future__ import annotations

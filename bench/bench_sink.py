@@ -35,7 +35,9 @@ def _strings(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(prefix), digits, "")
 
 
-def make_school_roll(schools: int, pupils_per_school: int, seed: int) -> tuple[pa.Array, pa.Array, np.ndarray]:
+def make_school_roll(
+    schools: int, pupils_per_school: int, seed: int
+) -> tuple[pa.Array, pa.Array, np.ndarray]:
     """URN per pupil, UPN per pupil (synthetic 13 chars, not check-lettered), school index per pupil."""
     rng = np.random.default_rng(seed)
     urns = rng.choice(np.arange(100000, 150000), size=schools, replace=False)
@@ -44,56 +46,79 @@ def make_school_roll(schools: int, pupils_per_school: int, seed: int) -> tuple[p
     return _strings("", urns[school_of_pupil], 6), _strings("X", pupil_number, 12), school_of_pupil
 
 
-def session_rows(urn: pa.Array, upn: pa.Array, day: date, generated_at: datetime, rng: np.random.Generator,
-                 extract_id: str) -> pa.Table:
+def session_rows(
+    urn: pa.Array, upn: pa.Array, day: date, generated_at: datetime, rng: np.random.Generator, extract_id: str
+) -> pa.Table:
     n = len(urn)
     codes = CODES[rng.integers(0, len(CODES), size=2 * n)]
     code = pa.array(codes)
-    return pa.table({
-        "urn": pa.concat_arrays([urn, urn]),
-        "upn": pa.concat_arrays([upn, upn]),
-        "date": pa.array(np.full(2 * n, np.datetime64(day, "D"))).cast(pa.date32()),
-        "session": pa.array(np.repeat(np.array(["AM", "PM"]), n)),
-        "code": code,
-        "is_possible": pa.array(np.ones(2 * n, dtype=bool)),
-        "is_present": pc.is_in(code, pa.array(sorted(PRESENT))),
-        "is_approved_educational_activity": pc.equal(code, "B"),
-        "is_authorised": pc.is_in(code, pa.array(sorted(AUTHORISED))),
-        "is_unauthorised": pc.is_in(code, pa.array(sorted(UNAUTHORISED))),
-        "is_late": pc.is_in(code, pa.array(["L", "U"])),
-        "extract_id": pa.array(np.full(2 * n, extract_id)),
-        "generated_at": pa.array(np.full(2 * n, np.datetime64(generated_at.replace(tzinfo=None), "us")))
-        .cast(pa.timestamp("us", tz="UTC")),
-    })
+    return pa.table(
+        {
+            "urn": pa.concat_arrays([urn, urn]),
+            "upn": pa.concat_arrays([upn, upn]),
+            "date": pa.array(np.full(2 * n, np.datetime64(day, "D"))).cast(pa.date32()),
+            "session": pa.array(np.repeat(np.array(["AM", "PM"]), n)),
+            "code": code,
+            "is_possible": pa.array(np.ones(2 * n, dtype=bool)),
+            "is_present": pc.is_in(code, pa.array(sorted(PRESENT))),
+            "is_approved_educational_activity": pc.equal(code, "B"),
+            "is_authorised": pc.is_in(code, pa.array(sorted(AUTHORISED))),
+            "is_unauthorised": pc.is_in(code, pa.array(sorted(UNAUTHORISED))),
+            "is_late": pc.is_in(code, pa.array(["L", "U"])),
+            "extract_id": pa.array(np.full(2 * n, extract_id)),
+            "generated_at": pa.array(
+                np.full(2 * n, np.datetime64(generated_at.replace(tzinfo=None), "us"))
+            ).cast(pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
-def pupil_rows(urn: pa.Array, upn: pa.Array, generated_at: datetime, rng: np.random.Generator,
-               extract_id: str, changed_share: float = 0.0) -> pa.Table:
+def pupil_rows(
+    urn: pa.Array,
+    upn: pa.Array,
+    generated_at: datetime,
+    rng: np.random.Generator,
+    extract_id: str,
+    changed_share: float = 0.0,
+) -> pa.Table:
     n = len(urn)
     year = rng.integers(1, 12, size=n)
     sen = np.array(["N", "K", "E"])[rng.choice(3, size=n, p=[0.82, 0.14, 0.04])]
     fsm = rng.random(n) < 0.25
     fsm = np.where(rng.random(n) < changed_share, ~fsm, fsm)
-    return pa.table({
-        "urn": urn, "upn": upn,
-        "date_of_birth": pa.array((np.datetime64("2020-09-01") - (year * 365 + rng.integers(0, 365, n))
-                                   .astype("timedelta64[D]"))).cast(pa.date32()),
-        "sex": pa.array(np.array(["M", "F"])[rng.integers(0, 2, n)]),
-        "nc_year_group": pc.cast(pa.array(year), pa.string()),
-        "ethnicity": pa.array(np.full(n, "WBRI")),
-        "fsm_eligible": pa.array(fsm),
-        "sen_provision": pa.array(sen),
-        "looked_after": pa.array(rng.random(n) < 0.01),
-        "admission_date": pa.array(np.full(n, np.datetime64("2024-09-04", "D"))).cast(pa.date32()),
-        "extract_id": pa.array(np.full(n, extract_id)),
-        "generated_at": pa.array(np.full(n, np.datetime64(generated_at.replace(tzinfo=None), "us")))
-        .cast(pa.timestamp("us", tz="UTC")),
-    })
+    return pa.table(
+        {
+            "urn": urn,
+            "upn": upn,
+            "date_of_birth": pa.array(
+                np.datetime64("2020-09-01") - (year * 365 + rng.integers(0, 365, n)).astype("timedelta64[D]")
+            ).cast(pa.date32()),
+            "sex": pa.array(np.array(["M", "F"])[rng.integers(0, 2, n)]),
+            "nc_year_group": pc.cast(pa.array(year), pa.string()),
+            "ethnicity": pa.array(np.full(n, "WBRI")),
+            "fsm_eligible": pa.array(fsm),
+            "sen_provision": pa.array(sen),
+            "looked_after": pa.array(rng.random(n) < 0.01),
+            "admission_date": pa.array(np.full(n, np.datetime64("2024-09-04", "D"))).cast(pa.date32()),
+            "extract_id": pa.array(np.full(n, extract_id)),
+            "generated_at": pa.array(np.full(n, np.datetime64(generated_at.replace(tzinfo=None), "us"))).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+        }
+    )
 
 
-def day_batches(urn: pa.Array, upn: pa.Array, school_of_pupil: np.ndarray, day: date, amend_share: float,
-                batch_schools: int, offset_base: int, seed: int, changed_share: float
-                ) -> list[SinkBatch]:
+def day_batches(
+    urn: pa.Array,
+    upn: pa.Array,
+    school_of_pupil: np.ndarray,
+    day: date,
+    amend_share: float,
+    batch_schools: int,
+    offset_base: int,
+    seed: int,
+    changed_share: float,
+) -> list[SinkBatch]:
     """The day's batches: each school's AM/PM marks, ``amend_share`` extra rows amending the previous five
     school days with a later generated_at, and its pupils."""
     rng = np.random.default_rng(seed)
@@ -109,9 +134,17 @@ def day_batches(urn: pa.Array, upn: pa.Array, school_of_pupil: np.ndarray, day: 
         amend_days = [day - timedelta(days=d) for d in (1, 2, 3, 4, 5)]
         parts = [sessions]
         for index, amend_day in enumerate(amend_days):
-            picked = amended[index::len(amend_days)]
-            parts.append(session_rows(b_urn.take(pa.array(picked)), b_upn.take(pa.array(picked)), amend_day,
-                                      generated, rng, f"extract-{day}-{first}").slice(0, len(picked)))
+            picked = amended[index :: len(amend_days)]
+            parts.append(
+                session_rows(
+                    b_urn.take(pa.array(picked)),
+                    b_upn.take(pa.array(picked)),
+                    amend_day,
+                    generated,
+                    rng,
+                    f"extract-{day}-{first}",
+                ).slice(0, len(picked))
+            )
         pupils = pupil_rows(b_urn, b_upn, generated, rng, f"extract-{day}-{first}", changed_share)
         offsets = {(TOPIC, p): offset + p for p in range(PARTITIONS)}
         offset += 1000
@@ -131,16 +164,25 @@ def run_day(sink: DeltaSink, batches: list[SinkBatch], label: str) -> None:
         pupil_seconds += result.table_seconds.get("pupils", 0.0)
         conflicts += result.conflicts
     wall = time.perf_counter() - started
-    print(f"{label}: {len(batches)} batches, {session_rows_total:,} session rows, {pupil_rows_total:,} pupil rows "
-          f"in {wall:.1f} s wall ({conflicts} conflicts)")
-    print(f"  sessions MERGE+offsets: {session_rows_total / session_seconds:,.0f} session rows/s "
-          f"({session_seconds:.1f} s)")
-    print(f"  pupils MERGE:           {pupil_rows_total / pupil_seconds:,.0f} pupil rows/s ({pupil_seconds:.1f} s)")
+    print(
+        f"{label}: {len(batches)} batches, {session_rows_total:,} session rows, "
+        f"{pupil_rows_total:,} pupil rows in {wall:.1f} s wall ({conflicts} conflicts)"
+    )
+    print(
+        f"  sessions MERGE+offsets: {session_rows_total / session_seconds:,.0f} session rows/s "
+        f"({session_seconds:.1f} s)"
+    )
+    print(
+        f"  pupils MERGE:           {pupil_rows_total / pupil_seconds:,.0f} pupil rows/s "
+        f"({pupil_seconds:.1f} s)"
+    )
     print(f"  end to end:             {session_rows_total / wall:,.0f} session rows/s of batch wall time")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--schools", type=int, default=2000)
     parser.add_argument("--pupils", type=int, default=380, help="Pupils per school.")
     parser.add_argument("--batch-schools", type=int, default=250, help="Schools per sink batch.")
@@ -156,8 +198,17 @@ def main() -> None:
         urn, upn, school_of_pupil = make_school_roll(args.schools, args.pupils, seed=1)
         day1 = date(2026, 11, 16)
         first = day_batches(urn, upn, school_of_pupil, day1, args.amend_share, args.batch_schools, 0, 2, 0.0)
-        second = day_batches(urn, upn, school_of_pupil, day1 + timedelta(days=1), args.amend_share,
-                             args.batch_schools, 100_000, 3, 0.01)
+        second = day_batches(
+            urn,
+            upn,
+            school_of_pupil,
+            day1 + timedelta(days=1),
+            args.amend_share,
+            args.batch_schools,
+            100_000,
+            3,
+            0.01,
+        )
         print(f"generated in {time.perf_counter() - generate_started:.1f} s; lake {lake_dir}")
         sink = DeltaSink(str(lake_dir), app_id_prefix="bench")
         run_day(sink, first, f"day 1 ({day1}, fresh lake)")

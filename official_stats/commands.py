@@ -22,8 +22,8 @@ def _date(value: str, name: str) -> dt.date:
 
 
 def load_optouts(source: str) -> pa.Table | None:
-    """The opt-outs list (``urn, status, effective_at``) from ``kafka`` (the compacted topic), a Parquet or CSV
-    file, or ``none``."""
+    """The opt-outs list (``urn, status, effective_at``) from ``kafka`` (the compacted topic), a Parquet
+    or CSV file, or ``none``."""
     if source == "none":
         return None
     if source == "kafka":
@@ -36,13 +36,19 @@ def load_optouts(source: str) -> pa.Table | None:
         except UserFacingError:
             raise
         except Exception as exc:
-            raise UserFacingError(f"could not read the opt-outs topic ({type(exc).__name__}: {exc}); "
-                                  "pass --optouts FILE or --optouts none") from None
-        return pa.table({
-            "urn": pa.array([s.urn for s in states.values()], pa.string()),
-            "status": pa.array([s.status for s in states.values()], pa.string()),
-            "effective_at": pa.array([s.effective_at for s in states.values()], pa.timestamp("us", tz="UTC")),
-        })
+            raise UserFacingError(
+                f"could not read the opt-outs topic ({type(exc).__name__}: {exc}); "
+                "pass --optouts FILE or --optouts none"
+            ) from None
+        return pa.table(
+            {
+                "urn": pa.array([s.urn for s in states.values()], pa.string()),
+                "status": pa.array([s.status for s in states.values()], pa.string()),
+                "effective_at": pa.array(
+                    [s.effective_at for s in states.values()], pa.timestamp("us", tz="UTC")
+                ),
+            }
+        )
     path = Path(source)
     if not path.is_file():
         raise UserFacingError(f"--optouts: no file {path} (use kafka, none, or a .parquet/.csv file)")
@@ -53,17 +59,29 @@ def load_optouts(source: str) -> pa.Table | None:
             return pq.read_table(path)
         import pyarrow.csv as pacsv
 
-        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={"urn": pa.string(), "status": pa.string(), "effective_at": pa.timestamp("us", tz="UTC")}))
+        return pacsv.read_csv(
+            path,
+            convert_options=pacsv.ConvertOptions(
+                column_types={
+                    "urn": pa.string(),
+                    "status": pa.string(),
+                    "effective_at": pa.timestamp("us", tz="UTC"),
+                }
+            ),
+        )
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserFacingError(f"--optouts {path}: cannot read it ({exc})") from None
 
 
-_OPTOUTS_HELP = "Opt-outs list: 'kafka' (the compacted topic), a .parquet/.csv file (urn,status,effective_at), or 'none'."
+_OPTOUTS_HELP = (
+    "Opt-outs list: 'kafka' (the compacted topic), a .parquet/.csv file (urn,status,effective_at), or 'none'."
+)
 
 
 @click.command("aggregate")
-@click.option("--date", "day", default=None, help="Recompute this register day (YYYY-MM-DD) and its periods only.")
+@click.option(
+    "--date", "day", default=None, help="Recompute this register day (YYYY-MM-DD) and its periods only."
+)
 @click.option("--full", is_flag=True, help="Recompute every day and rebuild the per-pupil running totals.")
 @click.option("--optouts", default="kafka", show_default=True, help=_OPTOUTS_HELP)
 def aggregate(day: str | None, full: bool, optouts: str) -> None:
@@ -72,17 +90,28 @@ def aggregate(day: str | None, full: bool, optouts: str) -> None:
 
     if day and full:
         raise UserFacingError("use either --date or --full, not both")
-    report = run_aggregation(get_settings().lake_uri, optouts=load_optouts(optouts),
-                             day=_date(day, "--date") if day else None, full=full)
+    report = run_aggregation(
+        get_settings().lake_uri,
+        optouts=load_optouts(optouts),
+        day=_date(day, "--date") if day else None,
+        full=full,
+    )
     click.echo(report.summary())
     if report.excluded_marks:
-        click.echo("marks not counted: " + ", ".join(f"{k} {v}" for k, v in sorted(report.excluded_marks.items()) if v))
+        click.echo(
+            "marks not counted: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(report.excluded_marks.items()) if v)
+        )
 
 
 @click.command("publish")
 @click.option("--release", "release_date", required=True, help="Release date (YYYY-MM-DD, a weekday).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write the EES files here instead of the embargo directory of the published zone.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write the EES files here instead of the embargo directory of the published zone.",
+)
 def publish(release_date: str, out: Path | None) -> None:
     """Write the release's EES CSV and .meta.csv files (disclosure-controlled, screened)."""
     from official_stats import release as rel
@@ -94,8 +123,10 @@ def publish(release_date: str, out: Path | None) -> None:
         built = build_release(lake_uri, release)
         for path in write_release(built, out):
             click.echo(path)
-        click.echo(f"data to {built.data_end}; rows suppressed {built.suppressed_rows} "
-                   f"({built.secondary_suppressed_rows} secondary)")
+        click.echo(
+            f"data to {built.data_end}; rows suppressed {built.suppressed_rows} "
+            f"({built.secondary_suppressed_rows} secondary)"
+        )
         return
     outcome = rel.prepare(lake_uri, release, rel.utc_now())
     click.echo(f"{release}: {'; '.join(outcome.messages)} -> {outcome.directory}")
@@ -116,8 +147,13 @@ def release_now(release_date: str) -> None:
 @click.command("scheduler")
 @click.option("--release", "releases", multiple=True, required=True, help="A release date (repeatable).")
 @click.option("--once", is_flag=True, help="Run one pass and exit.")
-@click.option("--aggregate/--no-aggregate", "aggregate_first", default=True, show_default=True,
-              help="Run an incremental aggregation before preparing a release.")
+@click.option(
+    "--aggregate/--no-aggregate",
+    "aggregate_first",
+    default=True,
+    show_default=True,
+    help="Run an incremental aggregation before preparing a release.",
+)
 @click.option("--optouts", default="kafka", show_default=True, help=_OPTOUTS_HELP)
 def scheduler(releases: tuple[str, ...], once: bool, aggregate_first: bool, optouts: str) -> None:
     """Prepare releases under embargo and publish them at 09:30 (Europe/London)."""
@@ -130,7 +166,9 @@ def scheduler(releases: tuple[str, ...], once: bool, aggregate_first: bool, opto
         if aggregate_first:
             run_aggregation(lake_uri, optouts=load_optouts(optouts))
 
-    loop = rel.ReleaseScheduler(lake_uri, [_date(r, "--release") for r in releases], before_prepare=before_prepare)
+    loop = rel.ReleaseScheduler(
+        lake_uri, [_date(r, "--release") for r in releases], before_prepare=before_prepare
+    )
     if once:
         for outcome in loop.tick():
             click.echo(f"{outcome.release}: status {outcome.status}: {'; '.join(outcome.messages)}")
@@ -152,8 +190,10 @@ def screen(data_csv: Path, meta_csv: Path | None) -> None:
     for item in result.results:
         if item.result != "PASS":
             click.echo(f"{item.result:7} {item.stage}: {item.check}: {item.message}")
-    click.echo(f"{'PASSED' if result.passed else 'FAILED'}: {len(result.results)} checks, "
-               f"{len(result.failures)} failed, {len(result.warnings)} warnings")
+    click.echo(
+        f"{'PASSED' if result.passed else 'FAILED'}: {len(result.results)} checks, "
+        f"{len(result.failures)} failed, {len(result.warnings)} warnings"
+    )
     if not result.passed:
         raise SystemExit(1)
 
@@ -161,7 +201,9 @@ def screen(data_csv: Path, meta_csv: Path | None) -> None:
 @click.command("pre-release-access")
 @click.option("--release", "release_date", required=True, help="Release date (YYYY-MM-DD).")
 @click.option("--user", required=True, help="User name to grant.")
-@click.option("--role", type=click.Choice(["pre_release", "producer"]), default="pre_release", show_default=True)
+@click.option(
+    "--role", type=click.Choice(["pre_release", "producer"]), default="pre_release", show_default=True
+)
 def pre_release_access(release_date: str, user: str, role: str) -> None:
     """Add a user to a release's pre-release access list."""
     from official_stats.release import grant_access
@@ -170,4 +212,11 @@ def pre_release_access(release_date: str, user: str, role: str) -> None:
     click.echo(f"{user} ({role}) may see release {release_date} under embargo")
 
 
-COMMANDS: list[click.Command | click.Group] = [aggregate, publish, release_now, scheduler, screen, pre_release_access]
+COMMANDS: list[click.Command | click.Group] = [
+    aggregate,
+    publish,
+    release_now,
+    scheduler,
+    screen,
+    pre_release_access,
+]

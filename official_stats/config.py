@@ -24,7 +24,8 @@ class StatsConfig(BaseSettings):
     min_pupil_count: int = Field(
         default=10,
         ge=0,
-        description="A row whose pupil count (enrolments, or the PA denominator) is below this is suppressed.",
+        description="A row whose pupil count (enrolments, or the PA denominator) is below this is "
+        "suppressed.",
     )
     rate_dp: int = Field(default=2, ge=0, le=6, description="Decimal places of published rates.")
     count_dp: int = Field(

@@ -64,7 +64,8 @@ PUPIL_DAY = register(
         ),
         partition_by=("date",),
         key=("date", "urn", "upn"),
-        purpose="Each in-scope pupil's counted possible and absence sessions per day: the source of the running "
+        purpose="Each in-scope pupil's counted possible and absence sessions per day: the source of the "
+        "running "
         "per-pupil period totals (persistent absence). Rewritten per date by `attendance aggregate`.",
         pupil_level=True,
     )
@@ -88,7 +89,8 @@ PUPIL_PERIOD_TOTALS = register(
         ),
         partition_by=("academic_year_start", "term"),
         key=("academic_year_start", "term", "urn", "upn"),
-        purpose="Running per-enrolment totals per term, maintained incrementally from stats_pupil_day's Delta log "
+        purpose="Running per-enrolment totals per term, maintained incrementally from stats_pupil_day's "
+        "Delta log "
         "(new minus old day rows); persistent and severe absence are computed from it.",
         pupil_level=True,
     )
@@ -171,7 +173,8 @@ VIEWS = register(
         ),
         partition_by=("time_frame", "period_start"),
         key=VIEW_DIMENSIONS,
-        purpose="National, Regional and LA attendance by phase (and FSM, SEN, year group at National/Regional) for "
+        purpose="National, Regional and LA attendance by phase (and FSM, SEN, year group at "
+        "National/Regional) for "
         "days, weeks, terms and the year to date, before disclosure control.",
         pupil_level=False,
     )
@@ -199,7 +202,8 @@ AGGREGATION_STATE = register(
         ),
         partition_by=(),
         key=("run_id",),
-        purpose="One row per aggregation run: the state the next incremental run starts from, and an audit trail.",
+        purpose="One row per aggregation run: the state the next incremental run starts from, and an "
+        "audit trail.",
         pupil_level=False,
     )
 )

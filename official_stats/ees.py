@@ -16,14 +16,14 @@ data/EES_ytd_data.csv; DG51]: ``education_phase``, ``num_schools``, ``enrolments
 
 Files of one release (every file holds the academic year so far, recalculated each release):
 
-=====================================  =========================================================  ==========
-file                                   rows                                                       time
-=====================================  =========================================================  ==========
-attendance_daily_weekly                days and ISO weeks; National, Regional, LA; by phase       Week NN
-attendance_term                        terms so far                                               terms
-attendance_ytd                         the academic year to date                                  Academic year
-attendance_characteristics_<same 3>    National and Regional by FSM, SEN and year group           as above
-=====================================  =========================================================  ==========
+=====================================  ===================================================  =============
+file                                   rows                                                 time
+=====================================  ===================================================  =============
+attendance_daily_weekly                days and ISO weeks; National, Regional, LA; by phase Week NN
+attendance_term                        terms so far                                         terms
+attendance_ytd                         the academic year to date                            Academic year
+attendance_characteristics_<same 3>    National and Regional by FSM, SEN and year group     as above
+=====================================  ===================================================  =============
 
 A daily or weekly file cannot share a file with a term or year file: EES forbids mixing "Week NN" with
 term or academic year identifiers in one file [S: eesyscreener R/precheck_time_id_mix.R].
@@ -318,7 +318,8 @@ def _meta_frame(data: pl.DataFrame, items: list[Indicator], filters: list[str]) 
             else FILTERS_BY_NAME[name]
         )
         if data[name].n_unique() < 2:
-            continue  # single-item filter: left out of the meta file [S: ud.qmd; precheck_filter_not_singular]
+            # single-item filter: left out of the meta file [S: ud.qmd; precheck_filter_not_singular]
+            continue
         records.append(
             {
                 "col_name": name,
@@ -423,7 +424,9 @@ def disclose(views: pl.DataFrame, rules: DisclosureRules) -> pl.DataFrame:
 def _blank_as_null(frame: pl.DataFrame) -> pl.DataFrame:
     """Empty strings written as empty fields (not ``""``)."""
     strings = [c for c, t in frame.schema.items() if t == pl.String]
-    return frame.with_columns([pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in strings])
+    return frame.with_columns(
+        [pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in strings]
+    )
 
 
 def write_files(files: list[EesFile], directory: Path) -> list[Path]:

@@ -49,7 +49,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as ds
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from attendance.errors import UserFacingError
 from official_stats import contracts, periods, scope, views
@@ -90,12 +90,15 @@ class AggregationReport:
     pending_extracts: int = 0
     pupil_totals_version: int | None = None
     duration_seconds: float = 0.0
+    #: Wall time per step (find_days, reference, days, pupil_totals, periods, bookkeeping), for tuning.
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         days = ", ".join(d.isoformat() for d in self.dates_recomputed[:10])
         more = f" (+{len(self.dates_recomputed) - 10} more)" if len(self.dates_recomputed) > 10 else ""
         return (
-            f"{self.mode} run {self.run_id[:8]}: {len(self.dates_recomputed)} day(s) recomputed{': ' if days else ''}"
+            f"{self.mode} run {self.run_id[:8]}: {len(self.dates_recomputed)} day(s) "
+            f"recomputed{': ' if days else ''}"
             f"{days}{more}; {len(self.weeks_recomputed)} week(s); academic years "
             f"{', '.join(periods.academic_year_code(y) for y in self.academic_years_recomputed) or '-'}; "
             f"{self.pending_extracts} extract-day(s) pending; {self.duration_seconds:.1f}s"
@@ -287,7 +290,8 @@ def optouts_fingerprint(optouts: pl.DataFrame | None) -> str:
 
 
 def optout_change_start(previous: str | None, current: str, timezone: str) -> dt.date | None:
-    """Earliest effective date of an opt-out event added or removed since the previous run (None: no change)."""
+    """Earliest effective date of an opt-out event added or removed since the previous run (None: no
+    change)."""
     before = {tuple(r) for r in json.loads(previous or "[]")}
     after = {tuple(r) for r in json.loads(current)}
     changed = before ^ after
@@ -384,7 +388,8 @@ def _term_totals(rows: pl.DataFrame) -> pl.DataFrame:
 
 
 def update_pupil_totals(lake: Lake, now: dt.datetime, rebuild: bool = False) -> int | None:
-    """Bring ``stats_pupil_period_totals`` up to ``stats_pupil_day``'s current version; returns that version."""
+    """Bring ``stats_pupil_period_totals`` up to ``stats_pupil_day``'s current version; returns that
+    version."""
     pupil_day = lake.open(contracts.PUPIL_DAY)
     if pupil_day is None:
         return None
@@ -394,18 +399,38 @@ def update_pupil_totals(lake: Lake, now: dt.datetime, rebuild: bool = False) -> 
     if applied is not None and applied >= current and not rebuild:
         return current
     commit = CommitProperties(app_transactions=[Transaction(PUPIL_DAY_APP_ID, current)])
-    if rebuild or applied is None:
-        everything = _term_totals(lake.read(contracts.PUPIL_DAY, version=current))
-        everything = everything.with_columns(pl.lit(now).alias("updated_at"))
-        write_deltalake(
-            totals_table,
-            to_arrow(everything, contracts.PUPIL_PERIOD_TOTALS),
-            mode="overwrite",
-            partition_by=list(contracts.PUPIL_PERIOD_TOTALS.partition_by),
-            storage_options=lake.options,
-            commit_properties=commit,
-        )
-        return current
+    if not rebuild and applied is not None:
+        try:
+            return _apply_pupil_day_changes(lake, totals_table, applied, current, commit, now)
+        except (OSError, DeltaError) as exc:  # the old version was vacuumed or its log cleaned: rebuild
+            log.warning(
+                "stats_pupil_day version %s unreadable (%s): rebuilding the running totals",
+                applied,
+                type(exc).__name__,
+            )
+    everything = _term_totals(lake.read(contracts.PUPIL_DAY, version=current))
+    everything = everything.with_columns(pl.lit(now).alias("updated_at"))
+    write_deltalake(
+        totals_table,
+        to_arrow(everything, contracts.PUPIL_PERIOD_TOTALS),
+        mode="overwrite",
+        partition_by=list(contracts.PUPIL_PERIOD_TOTALS.partition_by),
+        storage_options=lake.options,
+        commit_properties=commit,
+    )
+    return current
+
+
+def _apply_pupil_day_changes(
+    lake: Lake,
+    totals_table: DeltaTable,
+    applied: int,
+    current: int,
+    commit: CommitProperties,
+    now: dt.datetime,
+) -> int:
+    """Subtract the old rows and add the new rows of every stats_pupil_day partition changed since
+    ``applied``, in one MERGE that records ``current``."""
     days = changed_dates(lake, contracts.PUPIL_DAY, applied, current)
     if not days:
         return applied  # nothing to apply; the next run diffs from ``applied`` again
@@ -430,7 +455,8 @@ def update_pupil_totals(lake: Lake, now: dt.datetime, rebuild: bool = False) -> 
     source = delta.to_arrow()
     predicate = (
         f"t.academic_year_start IN ({years}) AND t.term IN ({terms}) AND "
-        "t.academic_year_start = s.academic_year_start AND t.term = s.term AND t.urn = s.urn AND t.upn = s.upn"
+        "t.academic_year_start = s.academic_year_start AND t.term = s.term AND t.urn = s.urn AND t.upn = "
+        "s.upn"
     )
     (
         totals_table.merge(
@@ -602,7 +628,8 @@ def run_aggregation(
     storage_options: dict[str, str] | None = None,
     config: StatsConfig | None = None,
 ) -> AggregationReport:
-    """One aggregation run (see the module docstring). ``optouts``: Arrow table ``urn, status, effective_at``."""
+    """One aggregation run (see the module docstring). ``optouts``: Arrow table ``urn, status,
+    effective_at``."""
     config = config or get_stats_config()
     started = time.monotonic()
     now = now or dt.datetime.now(dt.UTC)
@@ -639,11 +666,15 @@ def run_aggregation(
             if start is not None:
                 dates |= {d for d in _processed_days(lake) if d >= start}
 
+    timings = {"find_days": time.monotonic() - started}
+    mark = time.monotonic()
     ref = Reference(
         pupils=lake.read(table("pupils"), _PUPIL_COLUMNS),
         schools=lake.read(table("schools"), _SCHOOL_COLUMNS),
         optouts=optout_frame,
     )
+    timings["reference"] = time.monotonic() - mark
+    mark = time.monotonic()
     excluded: dict[str, int] = {}
     new_pending: list[pl.DataFrame] = []
     latest_coverage: tuple[dt.date, pl.DataFrame] | None = None
@@ -656,8 +687,14 @@ def run_aggregation(
         if result.coverage.height and (latest_coverage is None or current >= latest_coverage[0]):
             latest_coverage = (current, result.coverage)
 
+    timings["days"] = time.monotonic() - mark
+    mark = time.monotonic()
     totals_version = update_pupil_totals(lake, now, rebuild=full)
+    timings["pupil_totals"] = time.monotonic() - mark
+    mark = time.monotonic()
     weeks, years = recompute_periods(lake, dates, ref.schools, all_weeks=full) if dates else ([], [])
+    timings["periods"] = time.monotonic() - mark
+    mark = time.monotonic()
 
     kept = pending.filter(~pl.col("date").is_in(sorted(dates))) if pending.height else pending
     fresh = (
@@ -697,6 +734,8 @@ def run_aggregation(
         pending_extracts=all_pending.height,
         pupil_totals_version=totals_version,
     )
+    timings["bookkeeping"] = time.monotonic() - mark
+    report.timings = timings
     report.duration_seconds = time.monotonic() - started
     state = pl.DataFrame(
         {

@@ -44,32 +44,50 @@ def latest_day(lake: Lake, before: dt.date) -> dt.date | None:
     if delta is None:
         return None
     actions = pa.table(delta.get_add_actions(flatten=True))
-    days = [dt.date.fromisoformat(str(s)) if not isinstance(s, dt.date) else s
-            for f, s in zip(actions.column("partition.time_frame").to_pylist(),
-                            actions.column("partition.period_start").to_pylist(), strict=True) if f == views.DAY]
+    days = [
+        dt.date.fromisoformat(str(s)) if not isinstance(s, dt.date) else s
+        for f, s in zip(
+            actions.column("partition.time_frame").to_pylist(),
+            actions.column("partition.period_start").to_pylist(),
+            strict=True,
+        )
+        if f == views.DAY
+    ]
     eligible = [d for d in days if d < before]
     return max(eligible) if eligible else None
 
 
-def build_release(lake_uri: str, release_date: dt.date, rules: DisclosureRules | None = None,
-                  storage_options: dict[str, str] | None = None) -> BuiltRelease:
+def build_release(
+    lake_uri: str,
+    release_date: dt.date,
+    rules: DisclosureRules | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> BuiltRelease:
     rules = rules or DisclosureRules.from_config()
     lake = Lake(lake_uri, storage_options)
     data_end = latest_day(lake, release_date)
     if data_end is None:
-        raise UserFacingError(f"no aggregated attendance before {release_date}: run `attendance aggregate` first")
+        raise UserFacingError(
+            f"no aggregated attendance before {release_date}: run `attendance aggregate` first"
+        )
     year_start = periods.academic_year_start(data_end)
     year = periods.academic_year_code(year_start)
     rows = lake.read(contracts.VIEWS, filter=ds.field("academic_year") == year)
     days = rows.filter(pl.col("time_frame") == views.DAY)
     pa_available = days["period_start"].max() <= data_end
     if not pa_available:
-        log.warning("aggregates hold days after %s: recomputing periods to it; persistent absence unavailable", data_end)
+        log.warning(
+            "aggregates hold days after %s: recomputing periods to it; persistent absence unavailable",
+            data_end,
+        )
         days = days.filter(pl.col("period_start") <= data_end)
         first = periods.academic_year_bounds(year_start)[0]
-        school_days = lake.read(contracts.SCHOOL_DAILY, ["date", "urn", "education_phase", *scope.GEOGRAPHY_COLUMNS],
-                                (ds.field("date") >= pa.scalar(first, pa.date32()))
-                                & (ds.field("date") <= pa.scalar(data_end, pa.date32())))
+        school_days = lake.read(
+            contracts.SCHOOL_DAILY,
+            ["date", "urn", "education_phase", *scope.GEOGRAPHY_COLUMNS],
+            (ds.field("date") >= pa.scalar(first, pa.date32()))
+            & (ds.field("date") <= pa.scalar(data_end, pa.date32())),
+        )
         schools = lake.read(table("schools"))
         register = scope.schools_in_scope(schools, data_end)
         rows = pl.concat([days, views.all_period_rows(days, school_days, register)], how="vertical_relaxed")
@@ -77,13 +95,24 @@ def build_release(lake_uri: str, release_date: dt.date, rules: DisclosureRules |
     disclosed = ees.disclose(rows, rules)
     files = ees.build_files(disclosed, rules, pa_available=pa_available)
     reasons = disclosed["suppression_reason"]
-    return BuiltRelease(release_date, data_end, year, files, pa_available,
-                        int(disclosed["suppressed"].sum()), int((reasons == "secondary").sum()))
+    return BuiltRelease(
+        release_date,
+        data_end,
+        year,
+        files,
+        pa_available,
+        int(disclosed["suppressed"].sum()),
+        int((reasons == "secondary").sum()),
+    )
 
 
 def screen_built(files: list[ees.EesFile]) -> dict[str, screener.ScreenResult]:
-    return {f.name: screener.screen_frames(_as_text(f.data), _as_text(f.meta), f"{f.name}.csv", f"{f.name}.meta.csv")
-            for f in files}
+    return {
+        f.name: screener.screen_frames(
+            _as_text(f.data), _as_text(f.meta), f"{f.name}.csv", f"{f.name}.meta.csv"
+        )
+        for f in files
+    }
 
 
 def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
@@ -93,9 +122,13 @@ def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
 def write_release(built: BuiltRelease, directory: Path, screen: bool = True) -> list[Path]:
     """Write the files; with ``screen``, refuse (UserFacingError) when a file fails the EES screener."""
     if screen:
-        failures = {name: result.failures for name, result in screen_built(built.files).items() if not result.passed}
+        failures = {
+            name: result.failures for name, result in screen_built(built.files).items() if not result.passed
+        }
         if failures:
-            detail = "; ".join(f"{name}: {', '.join(f.check + ' (' + f.message + ')' for f in fs)}"
-                               for name, fs in failures.items())
+            detail = "; ".join(
+                f"{name}: {', '.join(f.check + ' (' + f.message + ')' for f in fs)}"
+                for name, fs in failures.items()
+            )
             raise UserFacingError(f"EES screener failed, nothing written: {detail}")
     return ees.write_files(built.files, directory)

@@ -1,4 +1,5 @@
-"""On-time release: embargo, publication at 09:30 (Europe/London) on a weekday, verification, pre-release access.
+"""On-time release: embargo, publication at 09:30 (Europe/London) on a weekday, verification,
+pre-release access.
 
 Directories (the PUBLISHED zone, ``<lake>/published``):
 
@@ -57,6 +58,7 @@ class ReleaseError(UserFacingError):
 
 # --- where and when ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ReleasePaths:
     root: Path  # the published zone
@@ -65,8 +67,10 @@ class ReleasePaths:
     @classmethod
     def for_lake(cls, lake_uri: str) -> ReleasePaths:
         if "://" in lake_uri and not lake_uri.startswith("file://"):
-            raise UserFacingError("release files are written to a local published zone; "
-                                  f"ATTENDANCE_LAKE_URI={lake_uri} is not a local path")
+            raise UserFacingError(
+                "release files are written to a local published zone; "
+                f"ATTENDANCE_LAKE_URI={lake_uri} is not a local path"
+            )
         base = Path(lake_uri.removeprefix("file://"))
         return cls(base / Zone.PUBLISHED.value, base / Zone.AUDIT.value)
 
@@ -101,6 +105,7 @@ def release_at(release: dt.date, config: StatsConfig | None = None) -> dt.dateti
 
 # --- manifest ------------------------------------------------------------------------------------------
 
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -111,7 +116,10 @@ def _sha256(path: Path) -> str:
 
 def write_manifest(directory: Path, info: dict) -> dict:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
-    manifest = {**info, "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files]}
+    manifest = {
+        **info,
+        "files": [{"name": p.name, "bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files],
+    }
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
     return manifest
 
@@ -136,12 +144,17 @@ def verify(directory: Path) -> list[str]:
         elif entry["bytes"] == 0:
             problems.append(f"{entry['name']} is empty")
     for name in names:
-        if name.endswith(".csv") and not name.endswith(".meta.csv") and name.replace(".csv", ".meta.csv") not in names:
+        if (
+            name.endswith(".csv")
+            and not name.endswith(".meta.csv")
+            and name.replace(".csv", ".meta.csv") not in names
+        ):
             problems.append(f"{name} has no meta file")
     return problems
 
 
 # --- prepare (embargo) ----------------------------------------------------------------------------------
+
 
 @dataclass
 class ReleaseOutcome:
@@ -151,8 +164,15 @@ class ReleaseOutcome:
     messages: list[str] = field(default_factory=list)
 
 
-def prepare(lake_uri: str, release: dt.date, now: dt.datetime, *, config: StatsConfig | None = None,
-            rules: DisclosureRules | None = None, storage_options: dict[str, str] | None = None) -> ReleaseOutcome:
+def prepare(
+    lake_uri: str,
+    release: dt.date,
+    now: dt.datetime,
+    *,
+    config: StatsConfig | None = None,
+    rules: DisclosureRules | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> ReleaseOutcome:
     """Build, screen and place the release's files under embargo (idempotent)."""
     from official_stats.publication import build_release, write_release
 
@@ -170,12 +190,19 @@ def prepare(lake_uri: str, release: dt.date, now: dt.datetime, *, config: StatsC
     staging.mkdir(parents=True)
     try:
         write_release(built, staging, screen=True)
-        write_manifest(staging, {
-            "release_date": release.isoformat(), "release_at": at.isoformat(), "data_end": built.data_end.isoformat(),
-            "academic_year": built.academic_year, "prepared_at": now.isoformat(),
-            "persistent_absence_available": built.pa_available, "rows_suppressed": built.suppressed_rows,
-            "rows_secondary_suppressed": built.secondary_suppressed_rows,
-        })
+        write_manifest(
+            staging,
+            {
+                "release_date": release.isoformat(),
+                "release_at": at.isoformat(),
+                "data_end": built.data_end.isoformat(),
+                "academic_year": built.academic_year,
+                "prepared_at": now.isoformat(),
+                "persistent_absence_available": built.pa_available,
+                "rows_suppressed": built.suppressed_rows,
+                "rows_secondary_suppressed": built.secondary_suppressed_rows,
+            },
+        )
         if embargo.exists():  # a broken earlier attempt: keep it aside for inspection
             embargo.rename(embargo.with_name(f".{release.isoformat()}.broken.{uuid.uuid4().hex}"))
         os.replace(staging, embargo)
@@ -192,16 +219,23 @@ def prepare(lake_uri: str, release: dt.date, now: dt.datetime, *, config: StatsC
 
 # --- publish -------------------------------------------------------------------------------------------
 
+
 def _alert(paths: ReleasePaths, release: dt.date, status: int, now: dt.datetime, detail: str) -> None:
     paths.root.mkdir(parents=True, exist_ok=True)
-    record = {"at": now.isoformat(), "release": release.isoformat(),
-              "status": {LATE: "late", INCOMPLETE: "incomplete"}.get(status, str(status)), "detail": detail}
+    record = {
+        "at": now.isoformat(),
+        "release": release.isoformat(),
+        "status": {LATE: "late", INCOMPLETE: "incomplete"}.get(status, str(status)),
+        "detail": detail,
+    }
     with paths.alerts.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
     log.error("release %s %s: %s", release, record["status"], detail)
 
 
-def publish(lake_uri: str, release: dt.date, now: dt.datetime, *, config: StatsConfig | None = None) -> ReleaseOutcome:
+def publish(
+    lake_uri: str, release: dt.date, now: dt.datetime, *, config: StatsConfig | None = None
+) -> ReleaseOutcome:
     """Make the embargoed files public (at or after release time), verify them, set the release metrics.
 
     Idempotent: a release already public and intact is left as it is.
@@ -252,6 +286,7 @@ def publish(lake_uri: str, release: dt.date, now: dt.datetime, *, config: StatsC
 
 # --- pre-release access --------------------------------------------------------------------------------
 
+
 def read_access_list(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
@@ -269,7 +304,9 @@ def grant_access(lake_uri: str, release: dt.date, user: str, role: str = PRE_REL
         raise UserFacingError(f"role must be {PRODUCER} or {PRE_RELEASE}, not {role!r}")
     paths = ReleasePaths.for_lake(lake_uri)
     rows = read_access_list(paths.access_list)
-    if any(r["release_date"] == release.isoformat() and r["user"] == user and r["role"] == role for r in rows):
+    if any(
+        r["release_date"] == release.isoformat() and r["user"] == user and r["role"] == role for r in rows
+    ):
         return
     paths.root.mkdir(parents=True, exist_ok=True)
     new = not paths.access_list.exists()
@@ -280,8 +317,15 @@ def grant_access(lake_uri: str, release: dt.date, user: str, role: str = PRE_REL
         writer.writerow({"release_date": release.isoformat(), "user": user, "role": role})
 
 
-def can_view_embargoed(user: str, release: dt.date, now: dt.datetime, *, lake_uri: str | None = None,
-                       config: StatsConfig | None = None, what: str = "") -> bool:
+def can_view_embargoed(
+    user: str,
+    release: dt.date,
+    now: dt.datetime,
+    *,
+    lake_uri: str | None = None,
+    config: StatsConfig | None = None,
+    what: str = "",
+) -> bool:
     """May ``user`` see release ``release``'s files at ``now``? Every decision is logged (audit zone).
 
     After release time everyone may (the files are public). Before it: a ``producer`` on the list may; a
@@ -293,8 +337,11 @@ def can_view_embargoed(user: str, release: dt.date, now: dt.datetime, *, lake_ur
     config = config or get_stats_config()
     paths = ReleasePaths.for_lake(lake_uri or get_settings().lake_uri)
     at = release_at(release, config)
-    roles = {r["role"] for r in read_access_list(paths.access_list)
-             if r["release_date"] == release.isoformat() and r["user"] == user}
+    roles = {
+        r["role"]
+        for r in read_access_list(paths.access_list)
+        if r["release_date"] == release.isoformat() and r["user"] == user
+    }
     if now >= at:
         allowed, reason = True, "released"
     elif PRODUCER in roles:
@@ -307,13 +354,31 @@ def can_view_embargoed(user: str, release: dt.date, now: dt.datetime, *, lake_ur
         allowed, reason = False, "not on the pre-release access list"
     paths.audit.mkdir(parents=True, exist_ok=True)
     with paths.access_log.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"at": now.isoformat(), "user": user, "release": release.isoformat(), "what": what,
-                                 "allowed": allowed, "reason": reason}) + "\n")
+        handle.write(
+            json.dumps(
+                {
+                    "at": now.isoformat(),
+                    "user": user,
+                    "release": release.isoformat(),
+                    "what": what,
+                    "allowed": allowed,
+                    "reason": reason,
+                }
+            )
+            + "\n"
+        )
     return allowed
 
 
-def open_embargoed(user: str, release: dt.date, name: str, now: dt.datetime, *, lake_uri: str | None = None,
-                   config: StatsConfig | None = None) -> bytes:
+def open_embargoed(
+    user: str,
+    release: dt.date,
+    name: str,
+    now: dt.datetime,
+    *,
+    lake_uri: str | None = None,
+    config: StatsConfig | None = None,
+) -> bytes:
     """Read one file of a release as ``user``, enforcing :func:`can_view_embargoed` (and logging it)."""
     from attendance.settings import get_settings
 
@@ -330,13 +395,22 @@ def open_embargoed(user: str, release: dt.date, name: str, now: dt.datetime, *, 
 
 # --- scheduler ------------------------------------------------------------------------------------------
 
-class ReleaseScheduler:
-    """A plain asyncio loop: prepares each release under embargo ``prepare_lead_hours`` before it, publishes at
-    release time, and reports late or incomplete ones. ``clock`` and ``sleep`` are injectable."""
 
-    def __init__(self, lake_uri: str, releases: list[dt.date], *, clock: Clock = utc_now,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, config: StatsConfig | None = None,
-                 rules: DisclosureRules | None = None, before_prepare: Callable[[], None] | None = None):
+class ReleaseScheduler:
+    """A plain asyncio loop: prepares each release under embargo ``prepare_lead_hours`` before it,
+    publishes at release time, and reports late or incomplete ones. ``clock`` and ``sleep`` are injectable."""
+
+    def __init__(
+        self,
+        lake_uri: str,
+        releases: list[dt.date],
+        *,
+        clock: Clock = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        config: StatsConfig | None = None,
+        rules: DisclosureRules | None = None,
+        before_prepare: Callable[[], None] | None = None,
+    ):
         self.lake_uri = lake_uri
         self.config = config or get_stats_config()
         for release in releases:
@@ -363,7 +437,9 @@ class ReleaseScheduler:
                 try:
                     if self.before_prepare is not None:
                         self.before_prepare()
-                    happened.append(prepare(self.lake_uri, release, now, config=self.config, rules=self.rules))
+                    happened.append(
+                        prepare(self.lake_uri, release, now, config=self.config, rules=self.rules)
+                    )
                 except UserFacingError as exc:
                     log.error("could not prepare release %s: %s", release, exc)
                     if now >= at:
@@ -381,10 +457,11 @@ class ReleaseScheduler:
         return happened
 
     async def run(self, stop: asyncio.Event | None = None, max_ticks: int | None = None) -> None:
+        """Tick until every release is published (or ``stop`` is set, or ``max_ticks`` passes)."""
         ticks = 0
         while self.pending() and not (stop is not None and stop.is_set()):
             self.tick()
             ticks += 1
-            if max_ticks is not None and ticks >= max_ticks:
+            if not self.pending() or (max_ticks is not None and ticks >= max_ticks):
                 return
             await self.sleep(self.config.scheduler_tick_seconds)

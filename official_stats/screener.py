@@ -397,7 +397,8 @@ def precheck_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult
             "precheck_col_req_meta",
             not missing_meta,
             "All of the required columns are present in the metadata file.",
-            f"The following required columns are missing from the metadata file: '{', '.join(missing_meta)}'.",
+            "The following required columns are missing from the metadata file: "
+            f"'{', '.join(missing_meta)}'.",
             stage,
         ),
         _r(
@@ -417,8 +418,10 @@ def precheck_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult
         _r(
             "precheck_col_to_rows",
             data_cols >= meta_rows,
-            f"There are no more rows in the metadata file ({meta_rows}) than non-mandatory data columns ({data_cols}).",
-            f"There are more rows in the metadata file ({meta_rows}) than the number of non-mandatory columns in "
+            f"There are no more rows in the metadata file ({meta_rows}) than non-mandatory data columns "
+            f"({data_cols}).",
+            f"There are more rows in the metadata file ({meta_rows}) than the number of non-mandatory "
+            "columns in "
             f"the data file ({data_cols}).",
             stage,
         ),
@@ -440,7 +443,8 @@ def precheck_cross(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "precheck_cross_meta_to_data",
             not missing,
             "All variables from the metadata were found in the data file.",
-            f"The following variables were found in the metadata file, but could not be found in the data file: "
+            "The following variables were found in the metadata file, but could not be found in the data "
+            "file: "
             f"'{', '.join(missing)}'.",
             stage,
         ),
@@ -448,7 +452,8 @@ def precheck_cross(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "precheck_cross_data_to_meta",
             not not_in_meta,
             "All variables in the data file are observational units or are represented in the metadata file.",
-            f"The following variables in the data file are not observational units, do not have a single level, and "
+            "The following variables in the data file are not observational units, do not have a single "
+            "level, and "
             f"are not represented in the metadata: '{', '.join(not_in_meta)}'.",
             stage,
             WARNING,
@@ -485,7 +490,8 @@ def check_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_col_snake_case",
             not bad_chars,
             "The variable names in the data file follow the snake_case convention.",
-            f"The following invalid characters were found in the variable names of the data file: {bad_chars}.",
+            "The following invalid characters were found in the variable names of the data file: "
+            f"{bad_chars}.",
             stage,
             WARNING,
         ),
@@ -493,7 +499,8 @@ def check_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_col_var_start",
             not bad_start,
             "All variable names in the data file start with a lowercase letter.",
-            f"The following variable names start with a character that isn't a lowercase letter: '{bad_start}'.",
+            "The following variable names start with a character that isn't a lowercase letter: "
+            f"'{bad_start}'.",
             stage,
             WARNING,
         ),
@@ -501,13 +508,15 @@ def check_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_col_ind_smushed",
             not smushed,
             "No indicators found containing typical filter entries.",
-            f"The following indicators appear to not conform to tidy data principles: '{', '.join(smushed)}'.",
+            "The following indicators appear to not conform to tidy data principles: "
+            f"'{', '.join(smushed)}'.",
             stage,
         ),
         _r(
             "check_col_var_characteristic",
             not characteristic,
-            "Neither 'characteristic' nor 'characteristic_group' were found as listed fields in the metadata file.",
+            "Neither 'characteristic' nor 'characteristic_group' were found as listed fields in the "
+            "metadata file.",
             "The fields 'characteristic' and / or 'characteristic_group' have been included in the data.",
             stage,
             WARNING,
@@ -533,14 +542,16 @@ def precheck_meta(meta: pl.DataFrame) -> list[CheckResult]:
             "precheck_meta_col_type",
             not invalid_types,
             "col_type is always 'Filter' or 'Indicator'.",
-            f"The following invalid col_type values were found in the metadata file: '{', '.join(invalid_types)}'",
+            "The following invalid col_type values were found in the metadata file: "
+            f"'{', '.join(invalid_types)}'",
             stage,
         ),
         _r(
             "precheck_meta_ob_unit",
             not ob_in_meta,
             "No observational units have been included in the metadata file.",
-            f"The following observational units need removing from the metadata file: '{', '.join(ob_in_meta)}'.",
+            "The following observational units need removing from the metadata file: "
+            f"'{', '.join(ob_in_meta)}'.",
             stage,
         ),
         _r(
@@ -687,7 +698,8 @@ def check_meta(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_meta_ind_dp_set",
             not blank_dp,
             "The indicator_dp column is completed for all indicators.",
-            f"The following indicators do not have a specified number of decimal places: '{', '.join(blank_dp)}'",
+            "The following indicators do not have a specified number of decimal places: "
+            f"'{', '.join(blank_dp)}'",
             stage,
             WARNING,
         ),
@@ -709,7 +721,8 @@ def check_meta(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_meta_ind_unit_validation",
             not bad_units,
             "The indicator_unit values are valid",
-            f"The following invalid indicator units are present in the meta data file: {', '.join(bad_units)}.",
+            "The following invalid indicator units are present in the meta data file: "
+            f"{', '.join(bad_units)}.",
             stage,
         ),
         _r(
@@ -751,7 +764,8 @@ def check_general_null(data: pl.DataFrame, meta: pl.DataFrame) -> CheckResult:
 
 
 def check_general_dupes(data: pl.DataFrame, meta: pl.DataFrame) -> CheckResult:
-    """R/check_general_dupes.R@1b6a994: duplicates across ob-unit and filter columns (School etc. excluded)."""
+    """R/check_general_dupes.R@1b6a994: duplicates across ob-unit and filter columns (School etc.
+    excluded)."""
     check_cols = [
         c for c in dict.fromkeys(acceptable_ob_units() + filters_of(meta, True)) if c in data.columns
     ]
@@ -850,7 +864,8 @@ def check_filters(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_filter_defaults",
             not missing_default,
             "All filters and groups have a default filter item present.",
-            f"A 'Total' entry or default filter item should be specified for: '{', '.join(missing_default)}'.",
+            "A 'Total' entry or default filter item should be specified for: "
+            f"'{', '.join(missing_default)}'.",
             stage,
             WARNING,
         ),
@@ -879,7 +894,8 @@ def check_filters(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_filter_ob_total",
             not with_total,
             "There are no Total or All values in the observational unit columns.",
-            f"There are Total or All rows in the following observational unit columns: '{', '.join(with_total)}'.",
+            "There are Total or All rows in the following observational unit columns: "
+            f"'{', '.join(with_total)}'.",
             stage,
         ),
         _r(
@@ -912,7 +928,8 @@ def precheck_time(data: pl.DataFrame) -> list[CheckResult]:
             "precheck_time_period_num",
             not non_numeric,
             "The time_period column only contains numeric values.",
-            f"Invalid time_period values: '{', '.join(non_numeric)}'; time_period must be a 4 or 6 digit number.",
+            f"Invalid time_period values: '{', '.join(non_numeric)}'; time_period must be a 4 or 6 digit "
+            "number.",
             stage,
         ),
         _r(
@@ -926,7 +943,8 @@ def precheck_time(data: pl.DataFrame) -> list[CheckResult]:
             "precheck_time_id_mix",
             not mixed,
             "The time_identifier values are mixed appropriately.",
-            f"The datafile is mixing incompatible time identifiers with '{base}': '{', '.join(map(str, mixed))}'.",
+            f"The datafile is mixing incompatible time identifiers with '{base}': "
+            f"'{', '.join(map(str, mixed))}'.",
             stage,
         ),
     ]

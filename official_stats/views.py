@@ -14,7 +14,8 @@ Counts are additive, so a Week, Term or Year-to-date row is the sum of its days;
 ``num_schools`` over a period are the mean of the daily values, as DfE does [S: ADD prerun_utils.R
 ``num_schools = mean(num_schools), enrolments = mean(enrolments)``]. ``school_submitted_count`` is the
 number of distinct schools with counted data in the period, ``school_all_count`` the in-scope open schools
-in the register on the day (Day rows) or on the last day of data (periods) (coverage, published beside every row of the geography and phase).
+in the register on the day (Day rows) or on the last day of data (periods): coverage, published beside
+every row of the geography and phase.
 Persistent absence comes from per-enrolment totals (:func:`pa_rows`) for Term and Year-to-date rows only.
 
 School-level rows (:func:`school_day_rows`) are for the restricted SCHOOL zone only, never published.

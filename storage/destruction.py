@@ -49,11 +49,13 @@ RETENTION_YEARS_BY_TABLE: dict[str, int] = {
 }
 #: The column that dates a row for retention. A pupil row is re-dated by every extract that carries the
 #: pupil (generated_at moves on), so a pupil on roll is never destroyed; one not seen for years is.
+#: Tables not listed are dated by the first of ``date``, ``academic_year_start``, ``generated_at`` they have.
 RETENTION_DATE_COLUMNS: dict[str, str] = {
     ATTENDANCE_SESSIONS.name: "date",
     PUPILS.name: "generated_at",
     QUARANTINE.name: "quarantined_at",
 }
+_FALLBACK_DATE_COLUMNS = ("date", "academic_year_start", "generated_at")
 DEFAULT_ORPHAN_GRACE_HOURS = 1
 
 
@@ -109,8 +111,16 @@ def retention_cutoff(today: date, years: int) -> date:
     return date(latest_expired, 8, 31)
 
 
+def _retention_column(contract: TableContract, configured: Mapping[str, str]) -> str | None:
+    if contract.name in configured:
+        return configured[contract.name]
+    return next((name for name in _FALLBACK_DATE_COLUMNS if name in contract.schema.names), None)
+
+
 def _retention_predicate(contract: TableContract, column: str, cutoff: date) -> str:
     kind = contract.schema.field(column).type
+    if pa.types.is_integer(kind):  # an academic year by its starting calendar year: Y means Y/Y+1
+        return f"{column} <= {cutoff.year - 1}"
     if pa.types.is_timestamp(kind):
         # Data dated up to the end of 31 August in England: before 1 September 00:00 London time.
         start_of_next_year = datetime.combine(cutoff + timedelta(days=1), time(0), LONDON)
@@ -119,6 +129,10 @@ def _retention_predicate(contract: TableContract, column: str, cutoff: date) -> 
 
 
 def pupil_level_tables() -> list[TableContract]:
+    """Every pupil-level table contract, including those other packages declare with
+    ``storage.tables.register`` (their modules are imported through the CLI's command modules)."""
+    import attendance.cli  # noqa: F401  - imports every area's commands, which register their tables
+
     return [contract for contract in TABLES.values() if contract.pupil_level]
 
 
@@ -163,7 +177,7 @@ def apply_retention(lake_uri: str, today: date, retention_years: int | Mapping[s
     destruction_id = str(uuid.uuid4())
     records = []
     for contract in pupil_level_tables():
-        column = columns.get(contract.name)
+        column = _retention_column(contract, columns)
         if column is None:
             log.warning("%s is pupil-level but has no retention date column: skipped", contract.name)
             continue
@@ -243,7 +257,7 @@ def verify_destroyed(urn: str, lake_uri: str, storage_options: Mapping[str, str]
                 parquet = pq.ParquetFile(handle)
                 if "urn" not in parquet.schema_arrow.names:
                     continue
-                urns = parquet.read(columns=["urn"]).column("urn")
+                urns = parquet.read(columns=["urn"]).column("urn").cast(pa.string())
             if pc.any(pc.equal(urns, urn)).as_py():
                 files_remaining.append(path)
         log_mentions += _log_mentions(contract, lake_uri, storage_options, urn)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import click
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -134,62 +135,48 @@ def rules_markdown() -> str:
 
 # --- column-wise UPN check ----------------------------------------------------------------------------------
 
-UPN_REGEX = r"^[A-HJ-NP-RT-Z][0-9]{11}[0-9A-HJ-NP-RT-Z]$"
-_WEIGHTS = tuple(range(2, 14))  # character positions 2..13 (1-based) carry weights 2..13
+
+def _byte_table(pairs: dict[str, int], default: int = 0, dtype: type = np.int32) -> np.ndarray:
+    table = np.full(256, default, dtype=dtype)
+    for char, value in pairs.items():
+        table[ord(char)] = value
+    return table
 
 
-def _char_values() -> pa.Array:
-    """Value of every byte as a UPN character: digits their value, letters their ALPHABET index."""
-    values = [0] * 256
-    for digit in range(10):
-        values[ord("0") + digit] = digit
-    for index, letter in enumerate(ALPHABET):
-        values[ord(letter)] = index
-    return pa.array(values, pa.int32())
-
-
-_CHAR_VALUES = _char_values()
-_ALPHABET_CODES = pa.array([ord(c) for c in ALPHABET], pa.int32())
+_DIGITS = "0123456789"
+#: Value of a byte as a UPN character: a digit its own value, a letter its ALPHABET index.
+_CHAR_VALUE = _byte_table({**{d: int(d) for d in _DIGITS}, **{c: i for i, c in enumerate(ALPHABET)}})
+_IS_DIGIT = _byte_table(dict.fromkeys(_DIGITS, 1), dtype=np.bool_)
+_IS_LETTER = _byte_table(dict.fromkeys(ALPHABET, 1), dtype=np.bool_)
+_ALPHABET_BYTES = np.frombuffer(ALPHABET.encode("ascii"), dtype=np.uint8)
 
 
 def upn_is_valid(upns: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Column-wise twin of :func:`schemas.upn.is_valid_upn`: True where the UPN is valid, False otherwise
-    (null UPNs are False).
+    """Column-wise twin of :func:`schemas.upn.is_valid_upn`: True where valid, False otherwise (null: False).
 
-    Shape by regular expression, then the check letter: the 13-byte values are viewed as one
-    ``fixed_size_binary(13)`` block, each of positions 2..13 is sliced out as a byte, mapped to its value
-    through a 256-entry lookup (digit -> value, letter -> ALPHABET index), weighted, summed, taken mod 23
-    and compared with the first byte's ALPHABET code.
+    The 13-byte values are laid out as one ``fixed_size_binary(13)`` block and read as a matrix of bytes
+    (one row per UPN, one column per character position). Every check is then a whole-column operation:
+    position 1 must be a check letter, 2-12 digits, 13 a digit or letter (never I, O, S); positions 2..13
+    are mapped to their values through a 256-entry lookup, weighted by their position, summed, taken mod 23
+    and looked up in ALPHABET, which must equal position 1.
     """
     if isinstance(upns, pa.ChunkedArray):
         upns = upns.combine_chunks()
-    upns = upns.cast(pa.string())
-    shaped = pc.fill_null(pc.match_substring_regex(upns, UPN_REGEX), False)
-    candidates = upns.filter(shaped)
-    if len(candidates) == 0:
-        return shaped
-    # Shape guarantees 13 ASCII bytes, so the block is rows of exactly 13 bytes.
-    block = candidates.cast(pa.binary()).cast(pa.binary(13))
-    byte_codes = [
-        pc.cast(pc.binary_slice(block.cast(pa.binary()), position, position + 1).cast(pa.binary(1)).view(
-            pa.uint8()), pa.int32())
-        for position in range(13)
-    ]
-    total = pc.multiply(pc.take(_CHAR_VALUES, byte_codes[1]), _WEIGHTS[0])
-    for position in range(2, 13):
-        term = pc.multiply(pc.take(_CHAR_VALUES, byte_codes[position]), _WEIGHTS[position - 1])
-        total = pc.add(total, term)
-    expected = pc.take(_ALPHABET_CODES, pc.cast(pc.divide(total, 1) if False else _mod(total, 23), pa.int32()))
-    check_ok = pc.equal(expected, byte_codes[0])
-    # Scatter the check results back over the shaped positions.
-    result = pc.replace_with_mask(shaped, shaped, check_ok)
-    return result
-
-
-def _mod(values: pa.Array, divisor: int) -> pa.Array:
-    """Non-negative integer modulo, column-wise (values here are never negative)."""
-    quotient = pc.divide(values, divisor)  # integer division for integer inputs
-    return pc.subtract(values, pc.multiply(quotient, divisor))
+    if not pa.types.is_string(upns.type):
+        upns = upns.cast(pa.string())
+    thirteen = np.asarray(pc.fill_null(pc.equal(pc.binary_length(upns), 13), False), dtype=np.bool_)
+    result = np.zeros(len(upns), dtype=np.bool_)
+    if thirteen.any():
+        block = upns.filter(pa.array(thirteen)).cast(pa.binary()).cast(pa.binary(13))
+        chars = np.frombuffer(block.buffers()[1], dtype=np.uint8, count=len(block) * 13,
+                              offset=block.offset * 13).reshape(-1, 13)
+        shaped = _IS_LETTER[chars[:, 0]] & _IS_DIGIT[chars[:, 1:12]].all(axis=1) & (
+            _IS_DIGIT[chars[:, 12]] | _IS_LETTER[chars[:, 12]])
+        total = np.zeros(len(block), dtype=np.int32)
+        for position in range(1, 13):  # 0-based column p holds character p+1, weight p+1
+            total += _CHAR_VALUE[chars[:, position]] * (position + 1)
+        result[thirteen] = shaped & (_ALPHABET_BYTES[total % 23] == chars[:, 0])
+    return pa.array(result, pa.bool_())
 
 
 # --- the `rules` command ----------------------------------------------------------------------------------

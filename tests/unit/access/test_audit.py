@@ -23,8 +23,21 @@ def test_redact_replaces_upn_shaped_text_only() -> None:
 
 def test_audit_rows_hold_no_upn_in_any_field() -> None:
     upn = "B801200005001"
-    rows = audit_rows([AuditEvent(action="query", user=f"dpo {upn}", role="school", scope=upn, purpose=f"about {upn}",
-                                  outcome="refused", sql=f"SELECT '{upn}'", message=f"bad {upn}", occurred_at=AT)])
+    rows = audit_rows(
+        [
+            AuditEvent(
+                action="query",
+                user=f"dpo {upn}",
+                role="school",
+                scope=upn,
+                purpose=f"about {upn}",
+                outcome="refused",
+                sql=f"SELECT '{upn}'",
+                message=f"bad {upn}",
+                occurred_at=AT,
+            )
+        ]
+    )
     assert upn not in str(rows.to_pylist())
     assert rows.column("allowed").to_pylist() == [False]
     assert rows.column("audit_date").to_pylist() == [dt.date(2026, 11, 20)]
@@ -34,15 +47,41 @@ def test_summary_counts_requests_and_rows_by_role_user_and_outcome() -> None:
     events = [
         AuditEvent("query", "ann", "school", "100000", None, "allowed", rows_returned=5, occurred_at=AT),
         AuditEvent("query", "ann", "school", "100000", None, "allowed", rows_returned=7, occurred_at=AT),
-        AuditEvent("query", "ann", "school", "100000", None, "refused", refusal_rule="zone-not-granted",
-                   occurred_at=AT),
-        AuditEvent("open", "bob", "inspection", None, None, "refused", refusal_rule="purpose-required",
-                   occurred_at=AT),
-        AuditEvent("query", "bob", "inspection", None, "x", "refused", refusal_rule="table-not-granted",
-                   occurred_at=AT + dt.timedelta(hours=1)),
+        AuditEvent(
+            "query",
+            "ann",
+            "school",
+            "100000",
+            None,
+            "refused",
+            refusal_rule="zone-not-granted",
+            occurred_at=AT,
+        ),
+        AuditEvent(
+            "open",
+            "bob",
+            "inspection",
+            None,
+            None,
+            "refused",
+            refusal_rule="purpose-required",
+            occurred_at=AT,
+        ),
+        AuditEvent(
+            "query",
+            "bob",
+            "inspection",
+            None,
+            "x",
+            "refused",
+            refusal_rule="table-not-granted",
+            occurred_at=AT + dt.timedelta(hours=1),
+        ),
     ]
-    summary = {(r["role"], r["user"], r["outcome"]): (r["requests"], r["rows_returned"], r["refusal_rules"])
-               for r in summarise(audit_rows(events)).iter_rows(named=True)}
+    summary = {
+        (r["role"], r["user"], r["outcome"]): (r["requests"], r["rows_returned"], r["refusal_rules"])
+        for r in summarise(audit_rows(events)).iter_rows(named=True)
+    }
     assert summary == {
         ("school", "ann", "allowed"): (2, 12, ""),
         ("school", "ann", "refused"): (1, 0, "zone-not-granted"),
@@ -65,7 +104,10 @@ def test_audit_code_only_appends() -> None:
                 if name == "write_deltalake" and "ACCESS_AUDIT" in ast.unparse(node):
                     modes = [kw.value for kw in node.keywords if kw.arg == "mode"]
                     assert [ast.literal_eval(m) for m in modes] == ["append"], path
-                if name in ("delete", "merge", "vacuum", "restore", "update") and "audit" in ast.unparse(node).lower():
+                if (
+                    name in ("delete", "merge", "vacuum", "restore", "update")
+                    and "audit" in ast.unparse(node).lower()
+                ):
                     raise AssertionError(f"{path.name}: {ast.unparse(node)}")
 
 

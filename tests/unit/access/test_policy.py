@@ -22,13 +22,23 @@ from access.policy import (
 )
 from storage.tables import Zone
 
-SCHOOL_DAILY = TableInfo("school_daily", Zone.SCHOOL,
-                         pa.schema([("urn", pa.string()), ("date", pa.date32()), ("possible_sessions", pa.int64())]),
-                         False)
-LA_DAILY = TableInfo("la_daily", Zone.LA_AND_ABOVE,
-                     pa.schema([("geographic_level", pa.string()), ("num_schools", pa.int64()),
-                                ("possible_sessions", pa.int64())]), False)
-RELEASE_FILE = TableInfo("attendance_daily", Zone.PUBLISHED, pa.schema([("geographic_level", pa.string())]), False)
+SCHOOL_DAILY = TableInfo(
+    "school_daily",
+    Zone.SCHOOL,
+    pa.schema([("urn", pa.string()), ("date", pa.date32()), ("possible_sessions", pa.int64())]),
+    False,
+)
+LA_DAILY = TableInfo(
+    "la_daily",
+    Zone.LA_AND_ABOVE,
+    pa.schema(
+        [("geographic_level", pa.string()), ("num_schools", pa.int64()), ("possible_sessions", pa.int64())]
+    ),
+    False,
+)
+RELEASE_FILE = TableInfo(
+    "attendance_daily", Zone.PUBLISHED, pa.schema([("geographic_level", pa.string())]), False
+)
 
 
 def catalogue(*extra: TableInfo) -> dict[str, TableInfo]:
@@ -63,8 +73,12 @@ CASES = [
     ("dfe_analyst", None, "pupil_sessions_pseudo", None),
     ("dfe_analyst", None, "pupils_pseudo", None),
     ("dfe_analyst", None, "school_daily", None),
-    ("dfe_analyst", None, "la_daily", "lower(replace(geographic_level, '_', ' ')) IN "
-                                      "('national', 'regional', 'local authority')"),
+    (
+        "dfe_analyst",
+        None,
+        "la_daily",
+        "lower(replace(geographic_level, '_', ' ')) IN ('national', 'regional', 'local authority')",
+    ),
     ("dfe_analyst", None, "attendance_sessions", NOT_GRANTED),
     ("dfe_analyst", None, "pupils", NOT_GRANTED),
     ("local_alliance", "373", "school_daily", LA),
@@ -94,14 +108,31 @@ def test_policy_table_of_cases(role: str, scope: str | None, table: str, expecte
         assert grant.tables[table].row_filter == expected
 
 
-@pytest.mark.parametrize("role, grain", [
-    ("school", "pupil"), ("trust", "pupil"), ("local_authority", "pupil"), ("dfe_analyst", "pupil"),
-    ("local_alliance", "school"), ("national_alliance", "local_authority"), ("inspection", "local_authority"),
-    ("public", "published"), ("data_protection_officer", "pupil"),
-])
+@pytest.mark.parametrize(
+    "role, grain",
+    [
+        ("school", "pupil"),
+        ("trust", "pupil"),
+        ("local_authority", "pupil"),
+        ("dfe_analyst", "pupil"),
+        ("local_alliance", "school"),
+        ("national_alliance", "local_authority"),
+        ("inspection", "local_authority"),
+        ("public", "published"),
+        ("data_protection_officer", "pupil"),
+    ],
+)
 def test_every_role_of_the_principles_exists_with_its_minimum_grain(role: str, grain: str) -> None:
-    assert policy(role, {"school": "100000", "trust": "16782", "local_authority": "373",
-                         "local_alliance": "373"}.get(role), catalogue()).minimum_grain == grain
+    assert (
+        policy(
+            role,
+            {"school": "100000", "trust": "16782", "local_authority": "373", "local_alliance": "373"}.get(
+                role
+            ),
+            catalogue(),
+        ).minimum_grain
+        == grain
+    )
 
 
 def test_schools_see_identifiable_pupils_but_never_the_raw_quarantined_message() -> None:
@@ -122,58 +153,74 @@ def test_data_protection_officer_has_subject_access_and_no_query_tables() -> Non
     assert grant.subject_access and dict(grant.tables) == {}
 
 
-@pytest.mark.parametrize("role, scope, rule", [
-    ("school", None, "scope-required"),
-    ("school", "12345", "scope-invalid"),
-    ("school", "1000001", "scope-invalid"),
-    ("school", "10000A", "scope-invalid"),
-    ("trust", "TR1234", "scope-invalid"),
-    ("local_authority", "37", "scope-invalid"),
-    ("local_authority", "999", "scope-invalid"),  # three digits, but no live LA has that code
-    ("local_alliance", None, "scope-required"),
-    ("inspection", "100000", "scope-unexpected"),
-    ("ofsted", None, "role-unknown"),
-])
+@pytest.mark.parametrize(
+    "role, scope, rule",
+    [
+        ("school", None, "scope-required"),
+        ("school", "12345", "scope-invalid"),
+        ("school", "1000001", "scope-invalid"),
+        ("school", "10000A", "scope-invalid"),
+        ("trust", "TR1234", "scope-invalid"),
+        ("local_authority", "37", "scope-invalid"),
+        ("local_authority", "999", "scope-invalid"),  # three digits, but no live LA has that code
+        ("local_alliance", None, "scope-required"),
+        ("inspection", "100000", "scope-unexpected"),
+        ("ofsted", None, "role-unknown"),
+    ],
+)
 def test_scope_is_required_and_checked(role: str, scope: str | None, rule: str) -> None:
     with pytest.raises(AccessRefused) as info:
         policy(role, scope, catalogue())
     assert info.value.rule == rule
 
 
-@pytest.mark.parametrize("role, purpose, rule", [
-    ("dfe_analyst", None, "purpose-required"),
-    ("inspection", "", "purpose-required"),
-    ("dfe_analyst", "Ofsted pre-inspection briefing", "purpose-prohibited"),
-    ("dfe_analyst", "list schools causing concern", "purpose-prohibited"),
-    ("local_alliance", "academisation case for school X", "purpose-prohibited"),
-])
+@pytest.mark.parametrize(
+    "role, purpose, rule",
+    [
+        ("dfe_analyst", None, "purpose-required"),
+        ("inspection", "", "purpose-required"),
+        ("dfe_analyst", "Ofsted pre-inspection briefing", "purpose-prohibited"),
+        ("dfe_analyst", "list schools causing concern", "purpose-prohibited"),
+        ("local_alliance", "academisation case for school X", "purpose-prohibited"),
+    ],
+)
 def test_purpose_required_and_prohibited_uses_refused(role: str, purpose: str | None, rule: str) -> None:
     with pytest.raises(AccessRefused) as info:
         check_purpose(role, purpose)
     assert info.value.rule == rule
 
 
-@pytest.mark.parametrize("role, purpose", [
-    ("dfe_analyst", "regional trends in persistent absence"),
-    ("inspection", "Ofsted inspection planning, LA level"),  # the inspection role sees LA level only
-    ("school", None),
-])
+@pytest.mark.parametrize(
+    "role, purpose",
+    [
+        ("dfe_analyst", "regional trends in persistent absence"),
+        ("inspection", "Ofsted inspection planning, LA level"),  # the inspection role sees LA level only
+        ("school", None),
+    ],
+)
 def test_allowed_purposes_pass(role: str, purpose: str | None) -> None:
     assert check_purpose(role, purpose) == purpose
 
 
 # --- invariants -------------------------------------------------------------------------------------------
 
+
 def test_a_school_level_table_in_the_la_zone_is_withheld_from_inspection() -> None:
-    school_rows = TableInfo("la_school_mix", Zone.LA_AND_ABOVE,
-                            pa.schema([("geographic_level", pa.string()), ("school_urn", pa.string())]), False)
+    school_rows = TableInfo(
+        "la_school_mix",
+        Zone.LA_AND_ABOVE,
+        pa.schema([("geographic_level", pa.string()), ("school_urn", pa.string())]),
+        False,
+    )
     grant = policy("inspection", None, catalogue(school_rows))
     assert "la_school_mix" not in grant.tables
     assert "school_urn" in grant.withheld["la_school_mix"]
 
 
 def test_a_pseudonymised_table_with_a_upn_is_withheld_from_dfe_analysts() -> None:
-    leaky = TableInfo("leaky_pseudo", Zone.PSEUDONYMISED, pa.schema([("urn", pa.string()), ("upn", pa.string())]), True)
+    leaky = TableInfo(
+        "leaky_pseudo", Zone.PSEUDONYMISED, pa.schema([("urn", pa.string()), ("upn", pa.string())]), True
+    )
     grant = policy("dfe_analyst", None, catalogue(leaky))
     assert "leaky_pseudo" not in grant.tables and "upn" in grant.withheld["leaky_pseudo"]
 
@@ -196,14 +243,20 @@ def _raw_policy() -> dict:
         return tomllib.load(handle)
 
 
-@pytest.mark.parametrize("role, zone, message", [
-    ("inspection", "school_aggregates", "beyond|may not be granted"),
-    ("national_alliance", "restricted", "may not be granted"),
-    ("public", "la_aggregates", "may not be granted"),
-    ("dfe_analyst", "restricted", "identifiable_pupils"),
-    ("local_alliance", "pseudonymised", "may not be granted"),
-])
-def test_a_policy_edit_that_breaks_an_invariant_is_rejected_on_load(role: str, zone: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "role, zone, message",
+    [
+        ("inspection", "school_aggregates", "beyond|may not be granted"),
+        ("national_alliance", "restricted", "may not be granted"),
+        ("public", "la_aggregates", "may not be granted"),
+        ("dfe_analyst", "restricted", "identifiable_pupils"),
+        ("local_alliance", "pseudonymised", "may not be granted"),
+        ("school", "audit", "may not be granted"),
+    ],
+)
+def test_a_policy_edit_that_breaks_an_invariant_is_rejected_on_load(
+    role: str, zone: str, message: str
+) -> None:
     raw = copy.deepcopy(_raw_policy())
     raw["roles"][role]["grants"].append({"rule": f"{role}.bad", "zone": zone, "tables": ["*"], "rows": "all"})
     with pytest.raises(PolicyError, match=message):

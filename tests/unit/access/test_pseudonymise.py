@@ -54,10 +54,16 @@ def test_short_or_missing_key_is_refused() -> None:
     assert key_from_env({KEY_ENV: KEY}) == KEY.encode()
 
 
-@pytest.mark.parametrize("day, start", [
-    (dt.date(2025, 9, 1), 2025), (dt.date(2025, 8, 31), 2024), (dt.date(2026, 7, 20), 2025),
-    (dt.date(2026, 1, 1), 2025), (dt.date(2025, 12, 31), 2025),
-])
+@pytest.mark.parametrize(
+    "day, start",
+    [
+        (dt.date(2025, 9, 1), 2025),
+        (dt.date(2025, 8, 31), 2024),
+        (dt.date(2026, 7, 20), 2025),
+        (dt.date(2026, 1, 1), 2025),
+        (dt.date(2025, 12, 31), 2025),
+    ],
+)
 def test_academic_year_starts_on_1_september(day: dt.date, start: int) -> None:
     assert academic_year_start(pa.array([day])).to_pylist() == [start]
 
@@ -66,20 +72,33 @@ def test_academic_year_label_is_yyyyzz() -> None:
     assert academic_year_label(pa.array([2025, 1999], pa.int64())).to_pylist() == ["202526", "199900"]
 
 
-@pytest.mark.parametrize("born, year, age", [
-    (dt.date(2015, 8, 31), 2025, 10),  # tenth birthday on 31 August itself
-    (dt.date(2015, 9, 1), 2025, 9),  # born the day after: still 9 on 31 August
-    (dt.date(2016, 2, 29), 2025, 9),
-    (dt.date(2010, 12, 25), 2025, 14),
-])
+@pytest.mark.parametrize(
+    "born, year, age",
+    [
+        (dt.date(2015, 8, 31), 2025, 10),  # tenth birthday on 31 August itself
+        (dt.date(2015, 9, 1), 2025, 9),  # born the day after: still 9 on 31 August
+        (dt.date(2016, 2, 29), 2025, 9),
+        (dt.date(2010, 12, 25), 2025, 14),
+    ],
+)
 def test_age_at_31_august(born: dt.date, year: int, age: int) -> None:
     assert age_at_31_august(pa.array([born]), pa.array([year], pa.int64())).to_pylist() == [age]
 
 
 def test_pseudonymised_pupils_have_no_upn_or_date_of_birth() -> None:
     at = dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC)
-    pupils = pa.Table.from_pylist([{"urn": "100000", "upn": "B801200005001", "date_of_birth": dt.date(2016, 9, 1),
-                                    "sex": "F", "generated_at": at}], schema=PUPILS.schema)
+    pupils = pa.Table.from_pylist(
+        [
+            {
+                "urn": "100000",
+                "upn": "B801200005001",
+                "date_of_birth": dt.date(2016, 9, 1),
+                "sex": "F",
+                "generated_at": at,
+            }
+        ],
+        schema=PUPILS.schema,
+    )
     out = pseudonymise_pupils(pupils, PupilKeyer(KEY), at)
     assert "upn" not in out.column_names and "date_of_birth" not in out.column_names
     row = out.to_pylist()[0]
@@ -90,7 +109,17 @@ def test_pseudonymised_pupils_have_no_upn_or_date_of_birth() -> None:
 
 def test_pseudonymised_sessions_keep_marks_and_replace_the_upn() -> None:
     at = dt.datetime(2026, 3, 2, 9, tzinfo=dt.UTC)
-    sessions = pa.Table.from_pylist([{"urn": "100000", "upn": "B801200005001", "date": dt.date(2026, 3, 2),
-                                      "session": "AM", "code": "I"}], schema=ATTENDANCE_SESSIONS.schema)
+    sessions = pa.Table.from_pylist(
+        [
+            {
+                "urn": "100000",
+                "upn": "B801200005001",
+                "date": dt.date(2026, 3, 2),
+                "session": "AM",
+                "code": "I",
+            }
+        ],
+        schema=ATTENDANCE_SESSIONS.schema,
+    )
     out = pseudonymise_sessions(sessions, PupilKeyer(KEY), at).to_pylist()[0]
     assert "upn" not in out and (out["code"], out["session"], out["pseudonymised_at"]) == ("I", "AM", at)

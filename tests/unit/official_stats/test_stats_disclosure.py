@@ -17,15 +17,38 @@ from test_stats_views import EM, LONDON, crafted_day_rows  # noqa: E402
 DAY = dt.date(2026, 11, 17)
 
 
-def view_row(level: str, phase: str = "Total", la: str = "", region: str = "R1", schools: int = 5,
-             enrolments: float = 500, fsm: str = "Total", time_frame: str = "Day", start: dt.date = DAY,
-             end: dt.date | None = None) -> dict:
+def view_row(
+    level: str,
+    phase: str = "Total",
+    la: str = "",
+    region: str = "R1",
+    schools: int = 5,
+    enrolments: float = 500,
+    fsm: str = "Total",
+    time_frame: str = "Day",
+    start: dt.date = DAY,
+    end: dt.date | None = None,
+) -> dict:
     return {
-        "time_frame": time_frame, "period_start": start, "period_end": end or start, "academic_year": "202627",
-        "term": None, "geographic_level": level, "country_code": "E92000001", "country_name": "England",
-        "region_code": "" if level == "National" else region, "region_name": "",
-        "old_la_code": la, "new_la_code": "", "la_name": "", "education_phase": phase, "fsm_status": fsm,
-        "sen_status": "Total", "year_group": "Total", "school_submitted_count": schools, "enrolments": enrolments,
+        "time_frame": time_frame,
+        "period_start": start,
+        "period_end": end or start,
+        "academic_year": "202627",
+        "term": None,
+        "geographic_level": level,
+        "country_code": "E92000001",
+        "country_name": "England",
+        "region_code": "" if level == "National" else region,
+        "region_name": "",
+        "old_la_code": la,
+        "new_la_code": "",
+        "la_name": "",
+        "education_phase": phase,
+        "fsm_status": fsm,
+        "sen_status": "Total",
+        "year_group": "Total",
+        "school_submitted_count": schools,
+        "enrolments": enrolments,
         "possible_sessions": int(enrolments * 2),
     }
 
@@ -42,12 +65,14 @@ def reasons(result: pl.DataFrame) -> list[str | None]:
 
 
 def test_la_phase_built_from_one_school_is_suppressed_and_the_next_smallest_phase_too() -> None:
-    rows = frame([
-        view_row("Local authority", "Primary", la="830", schools=3, enrolments=300),
-        view_row("Local authority", "Secondary", la="830", schools=1, enrolments=100),
-        view_row("Local authority", "Special", la="830", schools=2, enrolments=50),
-        view_row("Local authority", "Total", la="830", schools=6, enrolments=450),
-    ])
+    rows = frame(
+        [
+            view_row("Local authority", "Primary", la="830", schools=3, enrolments=300),
+            view_row("Local authority", "Secondary", la="830", schools=1, enrolments=100),
+            view_row("Local authority", "Special", la="830", schools=2, enrolments=50),
+            view_row("Local authority", "Total", la="830", schools=6, enrolments=450),
+        ]
+    )
     result = apply_disclosure(rows, RULES)
     # Secondary: one school (DfE rule). Total - Primary - Special would reveal it, so the smallest other
     # phase (Special, 50 pupils) is suppressed as well; Primary and Total stay published.
@@ -56,22 +81,26 @@ def test_la_phase_built_from_one_school_is_suppressed_and_the_next_smallest_phas
 
 
 def test_primary_suppression_alone_would_be_recoverable() -> None:
-    rows = frame([
-        view_row("Local authority", "Primary", la="830", schools=3, enrolments=300),
-        view_row("Local authority", "Secondary", la="830", schools=1, enrolments=100),
-        view_row("Local authority", "Total", la="830", schools=4, enrolments=400),
-    ])
+    rows = frame(
+        [
+            view_row("Local authority", "Primary", la="830", schools=3, enrolments=300),
+            view_row("Local authority", "Secondary", la="830", schools=1, enrolments=100),
+            view_row("Local authority", "Total", la="830", schools=4, enrolments=400),
+        ]
+    )
     primary_only = pl.Series([False, True, False])
     assert recoverable_rows(rows, primary_only) == [1]
 
 
 def test_one_suppressed_la_in_a_region_makes_a_second_la_suppressed() -> None:
-    rows = frame([
-        view_row("Regional", region="R1", schools=9, enrolments=780),
-        view_row("Local authority", la="801", region="R1", schools=5, enrolments=500),
-        view_row("Local authority", la="802", region="R1", schools=1, enrolments=80),
-        view_row("Local authority", la="803", region="R1", schools=3, enrolments=200),
-    ])
+    rows = frame(
+        [
+            view_row("Regional", region="R1", schools=9, enrolments=780),
+            view_row("Local authority", la="801", region="R1", schools=5, enrolments=500),
+            view_row("Local authority", la="802", region="R1", schools=1, enrolments=80),
+            view_row("Local authority", la="803", region="R1", schools=3, enrolments=200),
+        ]
+    )
     result = apply_disclosure(rows, RULES)
     # region - 801 - 803 would reveal 802: the next smallest LA (803) is suppressed too
     assert reasons(result) == [None, None, "single_school", "secondary"]
@@ -79,12 +108,14 @@ def test_one_suppressed_la_in_a_region_makes_a_second_la_suppressed() -> None:
 
 
 def test_a_region_of_one_la_is_suppressed_with_its_la() -> None:
-    rows = frame([
-        view_row("National", schools=20, enrolments=2000),
-        view_row("Regional", region="R1", schools=1, enrolments=90),
-        view_row("Regional", region="R2", schools=19, enrolments=1910),
-        view_row("Local authority", la="201", region="R1", schools=1, enrolments=90),
-    ])
+    rows = frame(
+        [
+            view_row("National", schools=20, enrolments=2000),
+            view_row("Regional", region="R1", schools=1, enrolments=90),
+            view_row("Regional", region="R2", schools=19, enrolments=1910),
+            view_row("Local authority", la="201", region="R1", schools=1, enrolments=90),
+        ]
+    )
     result = apply_disclosure(rows, RULES)
     # R1 = its only LA; then National - R2 would reveal R1, but R2 is the only other region: suppressed too
     assert reasons(result) == [None, "secondary", "secondary", "single_school"]
@@ -92,23 +123,43 @@ def test_a_region_of_one_la_is_suppressed_with_its_la() -> None:
 
 
 def test_small_characteristic_group_is_suppressed_with_its_sibling() -> None:
-    rows = frame([
-        view_row("National", fsm="Total", enrolments=100),
-        view_row("National", fsm="FSM eligible", enrolments=7),
-        view_row("National", fsm="Not known to be eligible for FSM", enrolments=93),
-    ])
+    rows = frame(
+        [
+            view_row("National", fsm="Total", enrolments=100),
+            view_row("National", fsm="FSM eligible", enrolments=7),
+            view_row("National", fsm="Not known to be eligible for FSM", enrolments=93),
+        ]
+    )
     result = apply_disclosure(rows, RULES)
     assert reasons(result) == [None, "few_pupils", "secondary"]
 
 
 def test_a_day_built_from_one_school_is_protected_within_its_week() -> None:
     monday = dt.date(2026, 11, 16)
-    rows = frame([
-        view_row("Local authority", la="830", time_frame="Day", start=monday + dt.timedelta(days=i),
-                 schools=1 if i == 1 else 2, enrolments=100 + i)
-        for i in range(5)
-    ] + [view_row("Local authority", la="830", time_frame="Week", start=monday, end=monday + dt.timedelta(days=6),
-                  schools=2, enrolments=102)])
+    rows = frame(
+        [
+            view_row(
+                "Local authority",
+                la="830",
+                time_frame="Day",
+                start=monday + dt.timedelta(days=i),
+                schools=1 if i == 1 else 2,
+                enrolments=100 + i,
+            )
+            for i in range(5)
+        ]
+        + [
+            view_row(
+                "Local authority",
+                la="830",
+                time_frame="Week",
+                start=monday,
+                end=monday + dt.timedelta(days=6),
+                schools=2,
+                enrolments=102,
+            )
+        ]
+    )
     result = apply_disclosure(rows, RULES)
     # Tuesday had one school; Week - other days would reveal it: Monday (fewest pupils) is suppressed too
     assert reasons(result) == ["secondary", "single_school", None, None, None, None]
@@ -120,10 +171,15 @@ def test_crafted_day_publication_has_hand_derived_suppression() -> None:
     result = apply_disclosure(rows, DisclosureRules(single_school_max=1, min_pupil_count=0))
 
     def reason(level: str, phase: str, la: str = "", region: str = "") -> str | None:
-        hit = result.filter((pl.col("geographic_level") == level) & (pl.col("education_phase") == phase)
-                            & (pl.col("old_la_code") == la) & (pl.col("region_code") == region)
-                            & (pl.col("fsm_status") == "Total") & (pl.col("sen_status") == "Total")
-                            & (pl.col("year_group") == "Total"))
+        hit = result.filter(
+            (pl.col("geographic_level") == level)
+            & (pl.col("education_phase") == phase)
+            & (pl.col("old_la_code") == la)
+            & (pl.col("region_code") == region)
+            & (pl.col("fsm_status") == "Total")
+            & (pl.col("sen_status") == "Total")
+            & (pl.col("year_group") == "Total")
+        )
         return hit["suppression_reason"].item()
 
     # every LA phase row has one school; LA 830 Total has two but LA 830 Primary and Secondary are its parts
@@ -151,14 +207,23 @@ def test_published_symbols_c_z_and_low() -> None:
     rows = crafted_day_rows()
     # a tiny positive rate that rounds to 0.00 at 2 dp -> "low"; a rate with no possible sessions -> "z"
     rows = rows.with_columns(
-        pl.when((pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total")
-                & (pl.col("fsm_status") == "Total") & (pl.col("sen_status") == "Total")
-                & (pl.col("year_group") == "Total")).then(0.001).otherwise(pl.col("illness_perc")).alias("illness_perc"),
+        pl.when(
+            (pl.col("geographic_level") == "National")
+            & (pl.col("education_phase") == "Total")
+            & (pl.col("fsm_status") == "Total")
+            & (pl.col("sen_status") == "Total")
+            & (pl.col("year_group") == "Total")
+        )
+        .then(0.001)
+        .otherwise(pl.col("illness_perc"))
+        .alias("illness_perc"),
     )
     disclosed = ees.disclose(rows, rules)
     files = {f.name: f for f in ees.build_files(disclosed, rules)}
     data = files["attendance_daily_weekly"].data
-    national = data.filter((pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total"))
+    national = data.filter(
+        (pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total")
+    )
     assert national["illness_perc"].item() == "low"
     assert national["possible_sessions"].item() == "14"
     assert national["attendance_perc"].item() == "57.14"

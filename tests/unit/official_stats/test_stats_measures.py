@@ -64,28 +64,47 @@ def test_rates_are_null_without_possible_sessions() -> None:
 
 def test_reason_rate_names_are_dfes() -> None:
     names = {name for name, _ in measures.REASON_RATES}
-    assert {"illness_perc", "appointments_perc", "unauth_hol_perc", "unauth_oth_perc",
-            "unauth_late_registers_closed_perc", "unauth_not_yet_perc", "auth_religious_perc", "auth_study_perc",
-            "auth_mob_perc", "auth_excluded_perc", "auth_performance_perc", "auth_interview_perc",
-            "auth_part_time_perc", "auth_other_perc"} <= names
+    assert {
+        "illness_perc",
+        "appointments_perc",
+        "unauth_hol_perc",
+        "unauth_oth_perc",
+        "unauth_late_registers_closed_perc",
+        "unauth_not_yet_perc",
+        "auth_religious_perc",
+        "auth_study_perc",
+        "auth_mob_perc",
+        "auth_excluded_perc",
+        "auth_performance_perc",
+        "auth_interview_perc",
+        "auth_part_time_perc",
+        "auth_other_perc",
+    } <= names
 
 
-@pytest.mark.parametrize(("possible", "absence", "pa10", "pa50"), [
-    (380, 38, True, False),   # exactly 10%: persistent absence
-    (380, 37, False, False),  # 9.7%
-    (10, 5, True, True),      # exactly 50%: severe
-    (10, 4, True, False),
-    (0, 0, False, False),     # no possible sessions: not an enrolment of the period
-])
-def test_persistent_and_severe_absence_thresholds(possible: int, absence: int, pa10: bool, pa50: bool) -> None:
-    flags = measures.persistent_absence_flags(pl.DataFrame({"possible_sessions": [possible],
-                                                            "overall_absence": [absence]})).row(0, named=True)
+@pytest.mark.parametrize(
+    ("possible", "absence", "pa10", "pa50"),
+    [
+        (380, 38, True, False),  # exactly 10%: persistent absence
+        (380, 37, False, False),  # 9.7%
+        (10, 5, True, True),  # exactly 50%: severe
+        (10, 4, True, False),
+        (0, 0, False, False),  # no possible sessions: not an enrolment of the period
+    ],
+)
+def test_persistent_and_severe_absence_thresholds(
+    possible: int, absence: int, pa10: bool, pa50: bool
+) -> None:
+    flags = measures.persistent_absence_flags(
+        pl.DataFrame({"possible_sessions": [possible], "overall_absence": [absence]})
+    ).row(0, named=True)
     assert (flags["is_pa_10"], flags["is_pa_50"], flags["is_enrolment"]) == (pa10, pa50, possible > 0)
 
 
 def test_pa_rate_is_persistently_absent_over_enrolments() -> None:
-    totals = measures.persistent_absence_flags(pl.DataFrame({
-        "possible_sessions": [100, 100, 100, 100, 0], "overall_absence": [0, 10, 60, 5, 0]}))
+    totals = measures.persistent_absence_flags(
+        pl.DataFrame({"possible_sessions": [100, 100, 100, 100, 0], "overall_absence": [0, 10, 60, 5, 0]})
+    )
     agg = measures.with_pa_rates(totals.select(measures.pa_count_exprs())).row(0, named=True)
     assert (agg["pa_enrolments"], agg["enrolments_pa_10_exact"], agg["enrolments_pa_50_exact"]) == (4, 2, 1)
     assert agg["pa_perc"] == pytest.approx(50.0)

@@ -51,40 +51,90 @@ def crafted_inputs() -> dict[str, pl.DataFrame]:
     ]
     marks = pl.DataFrame(
         [(u, p, DAY, s, c, e) for u, p, _, _, _, _, am, pm, e in pupils for s, c in (("AM", am), ("PM", pm))],
-        schema=["urn", "upn", "date", "session", "code", "extract_id"], orient="row")
+        schema=["urn", "upn", "date", "session", "code", "extract_id"],
+        orient="row",
+    )
     pupil_frame = pl.DataFrame(
         [(u, p, _dob(a), yg, f, sen) for u, p, a, yg, f, sen, *_ in pupils],
-        schema=["urn", "upn", "date_of_birth", "nc_year_group", "fsm_eligible", "sen_provision"], orient="row")
-    school_rows = [("100001", "830", "Primary"), ("100002", "830", "Secondary"), ("100003", "831", "Primary"),
-                   ("100004", "201", "Primary"), ("100005", "831", "Secondary"), ("100006", "830", "Primary"),
-                   ("100007", "830", "Out of scope")]
-    schools = pl.DataFrame([{
-        "urn": urn, "attendance_phase": phase, "status": "Open", "open_date": None, "close_date": None,
-        "laestab": LAS[la].old_la_code + "2001", "school_name": f"School {urn}",
-        "old_la_code": la, "new_la_code": LAS[la].new_la_code, "la_name": LAS[la].la_name,
-        "region_code": LAS[la].region_code, "region_name": LAS[la].region_name,
-    } for urn, la, phase in school_rows], schema_overrides={"open_date": pl.Date, "close_date": pl.Date})
-    extracts = pl.DataFrame({"extract_id": ["eA", "eB", "eC", "eD", "eE", "eF", "eG"],
-                             "status": ["complete"] * 5 + ["incomplete", "complete"]})
-    optouts = pl.DataFrame({"urn": ["100005"], "status": ["opted_out"],
-                            "effective_at": [dt.datetime(2026, 11, 17, 8, 0, tzinfo=dt.UTC)]})
-    return {"marks": marks, "pupils": pupil_frame, "schools": schools, "extracts": extracts, "optouts": optouts}
+        schema=["urn", "upn", "date_of_birth", "nc_year_group", "fsm_eligible", "sen_provision"],
+        orient="row",
+    )
+    school_rows = [
+        ("100001", "830", "Primary"),
+        ("100002", "830", "Secondary"),
+        ("100003", "831", "Primary"),
+        ("100004", "201", "Primary"),
+        ("100005", "831", "Secondary"),
+        ("100006", "830", "Primary"),
+        ("100007", "830", "Out of scope"),
+    ]
+    schools = pl.DataFrame(
+        [
+            {
+                "urn": urn,
+                "attendance_phase": phase,
+                "status": "Open",
+                "open_date": None,
+                "close_date": None,
+                "laestab": LAS[la].old_la_code + "2001",
+                "school_name": f"School {urn}",
+                "old_la_code": la,
+                "new_la_code": LAS[la].new_la_code,
+                "la_name": LAS[la].la_name,
+                "region_code": LAS[la].region_code,
+                "region_name": LAS[la].region_name,
+            }
+            for urn, la, phase in school_rows
+        ],
+        schema_overrides={"open_date": pl.Date, "close_date": pl.Date},
+    )
+    extracts = pl.DataFrame(
+        {
+            "extract_id": ["eA", "eB", "eC", "eD", "eE", "eF", "eG"],
+            "status": ["complete"] * 5 + ["incomplete", "complete"],
+        }
+    )
+    optouts = pl.DataFrame(
+        {
+            "urn": ["100005"],
+            "status": ["opted_out"],
+            "effective_at": [dt.datetime(2026, 11, 17, 8, 0, tzinfo=dt.UTC)],
+        }
+    )
+    return {
+        "marks": marks,
+        "pupils": pupil_frame,
+        "schools": schools,
+        "extracts": extracts,
+        "optouts": optouts,
+    }
 
 
 def crafted_day_rows() -> pl.DataFrame:
     inputs = crafted_inputs()
-    result = scope.apply_scope(inputs["marks"], extracts=inputs["extracts"], pupils=inputs["pupils"],
-                               schools=inputs["schools"], optouts=inputs["optouts"])
+    result = scope.apply_scope(
+        inputs["marks"],
+        extracts=inputs["extracts"],
+        pupils=inputs["pupils"],
+        schools=inputs["schools"],
+        optouts=inputs["optouts"],
+    )
     cells = views.cell_rows(views.pupil_day_rows(result.counted))
     return views.day_rows(cells, scope.schools_in_scope(inputs["schools"], DAY))
 
 
-def row(rows: pl.DataFrame, level: str, phase: str = "Total", la: str = "", region: str = "",
-        fsm: str = "Total") -> dict:
-    match = rows.filter((pl.col("geographic_level") == level) & (pl.col("education_phase") == phase)
-                        & (pl.col("old_la_code") == la) & (pl.col("region_code") == region)
-                        & (pl.col("fsm_status") == fsm) & (pl.col("sen_status") == "Total")
-                        & (pl.col("year_group") == "Total"))
+def row(
+    rows: pl.DataFrame, level: str, phase: str = "Total", la: str = "", region: str = "", fsm: str = "Total"
+) -> dict:
+    match = rows.filter(
+        (pl.col("geographic_level") == level)
+        & (pl.col("education_phase") == phase)
+        & (pl.col("old_la_code") == la)
+        & (pl.col("region_code") == region)
+        & (pl.col("fsm_status") == fsm)
+        & (pl.col("sen_status") == "Total")
+        & (pl.col("year_group") == "Total")
+    )
     assert match.height == 1, f"expected one row for {level}/{phase}/{la}/{region}/{fsm}, got {match.height}"
     return match.row(0, named=True)
 
@@ -95,14 +145,28 @@ LONDON = LAS["201"].region_code
 
 def test_scope_holds_back_incomplete_extracts_and_excludes_opted_out_and_out_of_scope() -> None:
     inputs = crafted_inputs()
-    result = scope.apply_scope(inputs["marks"], extracts=inputs["extracts"], pupils=inputs["pupils"],
-                               schools=inputs["schools"], optouts=inputs["optouts"])
+    result = scope.apply_scope(
+        inputs["marks"],
+        extracts=inputs["extracts"],
+        pupils=inputs["pupils"],
+        schools=inputs["schools"],
+        optouts=inputs["optouts"],
+    )
     assert result.excluded["extract_not_complete"] == 2  # P11's two marks
     assert result.excluded["school_opted_out"] == 2  # P10
     assert result.excluded["school_phase_out_of_scope"] == 2  # P12
     assert result.excluded["not_compulsory_school_age"] == 2  # P6 is 16
     assert result.pending_extracts.rows() == [("eF", "100006", DAY)]
-    assert sorted(result.counted["upn"].unique().to_list()) == ["P1", "P2", "P3", "P4", "P5", "P7", "P8", "P9"]
+    assert sorted(result.counted["upn"].unique().to_list()) == [
+        "P1",
+        "P2",
+        "P3",
+        "P4",
+        "P5",
+        "P7",
+        "P8",
+        "P9",
+    ]
 
 
 def test_la_830_primary_matches_hand_computation() -> None:
@@ -121,9 +185,16 @@ def test_la_830_primary_matches_hand_computation() -> None:
 def test_la_830_total_and_secondary_match_hand_computation() -> None:
     rows = crafted_day_rows()
     sec = row(rows, "Local authority", "Secondary", la="830", region=EM)
-    assert (sec["possible_sessions"], sec["present_sessions"], sec["approved_educational_activity"]) == (4, 1, 2)
+    assert (sec["possible_sessions"], sec["present_sessions"], sec["approved_educational_activity"]) == (
+        4,
+        1,
+        2,
+    )
     assert (sec["overall_attendance"], sec["unauthorised_absence"], sec["late_sessions"]) == (3, 1, 1)
-    assert (sec["reason_b_aea_education_off_site"], sec["reason_u_unauthorised_late_after_registers_closed"]) == (2, 1)
+    assert (
+        sec["reason_b_aea_education_off_site"],
+        sec["reason_u_unauthorised_late_after_registers_closed"],
+    ) == (2, 1)
     assert sec["enrolments"] == 2  # P6 (16) is out of scope
     total = row(rows, "Local authority", "Total", la="830", region=EM)
     assert (total["possible_sessions"], total["overall_attendance"], total["overall_absence"]) == (10, 7, 3)
@@ -135,9 +206,17 @@ def test_la_830_total_and_secondary_match_hand_computation() -> None:
 
 def test_dual_registered_pupil_counts_in_reasons_not_in_possible_or_enrolments() -> None:
     r = row(crafted_day_rows(), "Local authority", "Primary", la="831", region=EM)
-    assert (r["possible_sessions"], r["unauthorised_absence"], r["enrolments"], r["num_schools"]) == (2, 2, 1, 1)
-    assert (r["reason_d_dual_registration"], r["reason_g_unauthorised_holiday"], r["reason_o_other_unauthorised"]) == (
-        2, 1, 1)
+    assert (r["possible_sessions"], r["unauthorised_absence"], r["enrolments"], r["num_schools"]) == (
+        2,
+        2,
+        1,
+        1,
+    )
+    assert (
+        r["reason_d_dual_registration"],
+        r["reason_g_unauthorised_holiday"],
+        r["reason_o_other_unauthorised"],
+    ) == (2, 1, 1)
     assert r["unauthorised_absence_perc"] == pytest.approx(100.0)
     assert (r["unauth_hol_perc"], r["unauth_oth_perc"]) == (pytest.approx(50.0), pytest.approx(50.0))
 
@@ -151,16 +230,33 @@ def test_opted_out_school_is_not_counted_but_stays_in_the_register_count() -> No
 def test_region_and_national_totals_match_hand_computation() -> None:
     rows = crafted_day_rows()
     em = row(rows, "Regional", region=EM)
-    assert (em["possible_sessions"], em["present_sessions"], em["approved_educational_activity"]) == (12, 5, 2)
+    assert (em["possible_sessions"], em["present_sessions"], em["approved_educational_activity"]) == (
+        12,
+        5,
+        2,
+    )
     assert (em["overall_attendance"], em["authorised_absence"], em["unauthorised_absence"]) == (7, 2, 3)
     assert (em["overall_absence"], em["late_sessions"], em["enrolments"], em["num_schools"]) == (5, 2, 6, 3)
     london = row(rows, "Regional", region=LONDON)
-    assert (london["possible_sessions"], london["reason_m_authorised_medical_dental"], london["enrolments"]) == (2, 1, 1)
+    assert (
+        london["possible_sessions"],
+        london["reason_m_authorised_medical_dental"],
+        london["enrolments"],
+    ) == (2, 1, 1)
     assert london["appointments_perc"] == pytest.approx(50.0)
     nat = row(rows, "National")
-    assert (nat["possible_sessions"], nat["present_sessions"], nat["approved_educational_activity"]) == (14, 6, 2)
+    assert (nat["possible_sessions"], nat["present_sessions"], nat["approved_educational_activity"]) == (
+        14,
+        6,
+        2,
+    )
     assert (nat["overall_attendance"], nat["authorised_absence"], nat["unauthorised_absence"]) == (8, 3, 3)
-    assert (nat["overall_absence"], nat["late_sessions"], nat["enrolments"], nat["num_schools"]) == (6, 2, 7, 4)
+    assert (nat["overall_absence"], nat["late_sessions"], nat["enrolments"], nat["num_schools"]) == (
+        6,
+        2,
+        7,
+        4,
+    )
     assert (nat["school_submitted_count"], nat["school_all_count"]) == (4, 6)
     assert nat["overall_absence_perc"] == pytest.approx(600 / 14)
     assert nat["attendance_perc"] == pytest.approx(800 / 14)
@@ -174,21 +270,36 @@ def test_fsm_breakdown_at_national_level() -> None:
     assert (eligible["possible_sessions"], eligible["overall_absence"], eligible["enrolments"]) == (8, 2, 4)
     other = row(rows, "National", fsm="Not known to be eligible for FSM")
     assert (other["possible_sessions"], other["overall_absence"], other["enrolments"]) == (6, 4, 3)
-    assert rows.filter((pl.col("geographic_level") == "Local authority") & (pl.col("fsm_status") != "Total")).height == 0
+    assert (
+        rows.filter(
+            (pl.col("geographic_level") == "Local authority") & (pl.col("fsm_status") != "Total")
+        ).height
+        == 0
+    )
 
 
 def test_week_sums_sessions_and_averages_enrolments_and_schools() -> None:
     day1 = crafted_day_rows()
-    day2 = day1.with_columns(pl.lit(DAY + dt.timedelta(days=1)).alias("period_start"),
-                             pl.lit(DAY + dt.timedelta(days=1)).alias("period_end"),
-                             (pl.col("enrolments") + 1).alias("enrolments"), (pl.col("num_schools") * 0).alias("num_schools"))
+    day2 = day1.with_columns(
+        pl.lit(DAY + dt.timedelta(days=1)).alias("period_start"),
+        pl.lit(DAY + dt.timedelta(days=1)).alias("period_end"),
+        (pl.col("enrolments") + 1).alias("enrolments"),
+        (pl.col("num_schools") * 0).alias("num_schools"),
+    )
     days = pl.concat([day1, day2])
     inputs = crafted_inputs()
-    school_days = pl.DataFrame({"date": [DAY, DAY + dt.timedelta(days=1)], "urn": ["100001", "100003"],
-                                "education_phase": ["Primary", "Primary"], "region_code": [EM, EM],
-                                "region_name": ["East Midlands"] * 2, "old_la_code": ["830", "831"],
-                                "new_la_code": [LAS["830"].new_la_code, LAS["831"].new_la_code],
-                                "la_name": [LAS["830"].la_name, LAS["831"].la_name]})
+    school_days = pl.DataFrame(
+        {
+            "date": [DAY, DAY + dt.timedelta(days=1)],
+            "urn": ["100001", "100003"],
+            "education_phase": ["Primary", "Primary"],
+            "region_code": [EM, EM],
+            "region_name": ["East Midlands"] * 2,
+            "old_la_code": ["830", "831"],
+            "new_la_code": [LAS["830"].new_la_code, LAS["831"].new_la_code],
+            "la_name": [LAS["830"].la_name, LAS["831"].la_name],
+        }
+    )
     weeks = views.period_rows(days, views.WEEK, school_days, scope.schools_in_scope(inputs["schools"], DAY))
     nat = row(weeks, "National")
     assert nat["period_start"] == dt.date(2026, 11, 16) and nat["period_end"] == dt.date(2026, 11, 22)
@@ -200,15 +311,27 @@ def test_week_sums_sessions_and_averages_enrolments_and_schools() -> None:
 
 
 def test_persistent_absence_from_period_totals() -> None:
-    totals = pl.DataFrame({
-        "urn": ["1", "1", "1", "1", "2"], "upn": ["a", "b", "c", "d", "e"],
-        "possible_sessions": [100, 100, 20, 0, 50], "overall_absence": [10, 9, 10, 0, 25],
-        "education_phase": ["Primary"] * 5, "region_code": ["R"] * 5, "region_name": ["Reg"] * 5,
-        "old_la_code": ["830"] * 5, "new_la_code": ["E"] * 5, "la_name": ["L"] * 5,
-        "fsm_status": ["Total"] * 5, "sen_status": ["Total"] * 5, "year_group": ["Total"] * 5,
-        "period_start": [dt.date(2026, 9, 1)] * 5,
-    })
+    totals = pl.DataFrame(
+        {
+            "urn": ["1", "1", "1", "1", "2"],
+            "upn": ["a", "b", "c", "d", "e"],
+            "possible_sessions": [100, 100, 20, 0, 50],
+            "overall_absence": [10, 9, 10, 0, 25],
+            "education_phase": ["Primary"] * 5,
+            "region_code": ["R"] * 5,
+            "region_name": ["Reg"] * 5,
+            "old_la_code": ["830"] * 5,
+            "new_la_code": ["E"] * 5,
+            "la_name": ["L"] * 5,
+            "fsm_status": ["Total"] * 5,
+            "sen_status": ["Total"] * 5,
+            "year_group": ["Total"] * 5,
+            "period_start": [dt.date(2026, 9, 1)] * 5,
+        }
+    )
     rows = views.pa_rows(totals)
-    nat = rows.filter((pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total")).row(0, named=True)
+    nat = rows.filter(
+        (pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total")
+    ).row(0, named=True)
     # enrolments with a possible session: a, b, c, e (d had none); >=10%: a (exactly 10%), c, e; >=50%: c, e
     assert (nat["pa_enrolments"], nat["enrolments_pa_10_exact"], nat["enrolments_pa_50_exact"]) == (4, 3, 2)

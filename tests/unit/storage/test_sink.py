@@ -1,4 +1,4 @@
-"""The Delta sink against real Delta tables on disk: amendments, exactly-once offsets, replays, concurrency."""
+"""The Delta sink against real Delta tables on disk: amendments, exactly-once offsets, replays, races."""
 
 from __future__ import annotations
 
@@ -26,29 +26,47 @@ ELEVEN = NINE + timedelta(hours=2)
 def sessions(rows: list[tuple[str, str, date, str, str, datetime]]) -> pa.Table:
     """(urn, upn, date, session, code, generated_at) -> session rows."""
     urn, upn, day, session, code, generated = (list(column) for column in zip(*rows, strict=True))
-    return pa.table({
-        "urn": urn, "upn": upn, "date": day, "session": session, "code": code,
-        "is_present": [c == "/" for c in code], "extract_id": [f"x-{g:%H}" for g in generated],
-        "generated_at": pa.array(generated, pa.timestamp("us", tz="UTC")),
-    })
+    return pa.table(
+        {
+            "urn": urn,
+            "upn": upn,
+            "date": day,
+            "session": session,
+            "code": code,
+            "is_present": [c == "/" for c in code],
+            "extract_id": [f"x-{g:%H}" for g in generated],
+            "generated_at": pa.array(generated, pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 def pupils(rows: list[tuple[str, str, str, datetime]]) -> pa.Table:
     """(urn, upn, sen_provision, generated_at) -> pupil rows."""
     urn, upn, sen, generated = (list(column) for column in zip(*rows, strict=True))
-    return pa.table({"urn": urn, "upn": upn, "sen_provision": sen, "extract_id": [f"x-{g:%H}" for g in generated],
-                     "generated_at": pa.array(generated, pa.timestamp("us", tz="UTC"))})
+    return pa.table(
+        {
+            "urn": urn,
+            "upn": upn,
+            "sen_provision": sen,
+            "extract_id": [f"x-{g:%H}" for g in generated],
+            "generated_at": pa.array(generated, pa.timestamp("us", tz="UTC")),
+        }
+    )
 
 
 def current_marks(lake_uri: str) -> dict[tuple[str, str, str, str], tuple[str, datetime]]:
     table = lake.read_table(ATTENDANCE_SESSIONS, lake_uri)
-    return {(r["urn"], r["upn"], r["date"].isoformat(), r["session"]): (r["code"], r["generated_at"])
-            for r in table.to_pylist()}
+    return {
+        (r["urn"], r["upn"], r["date"].isoformat(), r["session"]): (r["code"], r["generated_at"])
+        for r in table.to_pylist()
+    }
 
 
 def row_counts(lake_uri: str) -> dict[str, int]:
-    return {c.name: lake.read_table(c, lake_uri).num_rows
-            for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT)}
+    return {
+        c.name: lake.read_table(c, lake_uri).num_rows
+        for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT)
+    }
 
 
 @pytest.fixture
@@ -58,13 +76,24 @@ def lake_uri(tmp_path: Path) -> str:
 
 def test_newest_generated_at_wins_and_a_late_older_extract_never_overwrites(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
-    sink.write_batch(SinkBatch(sessions=sessions([
-        ("100001", "A1", DAY, "AM", "/", TEN), ("100001", "A2", DAY, "AM", "/", TEN)]), offsets={(TOPIC, 0): 1}))
+    sink.write_batch(
+        SinkBatch(
+            sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN), ("100001", "A2", DAY, "AM", "/", TEN)]),
+            offsets={(TOPIC, 0): 1},
+        )
+    )
     # An amendment (newer) changes A1; a late extract taken earlier (09:00) tries to change both.
-    sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", ELEVEN)]),
-                               offsets={(TOPIC, 0): 2}))
-    sink.write_batch(SinkBatch(sessions=sessions([
-        ("100001", "A1", DAY, "AM", "U", NINE), ("100001", "A2", DAY, "AM", "O", NINE)]), offsets={(TOPIC, 0): 3}))
+    sink.write_batch(
+        SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", ELEVEN)]), offsets={(TOPIC, 0): 2})
+    )
+    sink.write_batch(
+        SinkBatch(
+            sessions=sessions(
+                [("100001", "A1", DAY, "AM", "U", NINE), ("100001", "A2", DAY, "AM", "O", NINE)]
+            ),
+            offsets={(TOPIC, 0): 3},
+        )
+    )
 
     assert current_marks(lake_uri) == {
         ("100001", "A1", DAY.isoformat(), "AM"): ("N", ELEVEN),
@@ -75,9 +104,19 @@ def test_newest_generated_at_wins_and_a_late_older_extract_never_overwrites(lake
 
 def test_duplicates_within_a_batch_keep_the_newest_row(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
-    sink.write_batch(SinkBatch(sessions=sessions([
-        ("100001", "A1", DAY, "AM", "/", NINE), ("100001", "A1", DAY, "AM", "L", ELEVEN),
-        ("100001", "A1", DAY, "AM", "N", TEN), ("100001", "A1", DAY, "PM", "/", NINE)]), offsets={(TOPIC, 0): 0}))
+    sink.write_batch(
+        SinkBatch(
+            sessions=sessions(
+                [
+                    ("100001", "A1", DAY, "AM", "/", NINE),
+                    ("100001", "A1", DAY, "AM", "L", ELEVEN),
+                    ("100001", "A1", DAY, "AM", "N", TEN),
+                    ("100001", "A1", DAY, "PM", "/", NINE),
+                ]
+            ),
+            offsets={(TOPIC, 0): 0},
+        )
+    )
     assert current_marks(lake_uri) == {
         ("100001", "A1", DAY.isoformat(), "AM"): ("L", ELEVEN),
         ("100001", "A1", DAY.isoformat(), "PM"): ("/", NINE),
@@ -94,13 +133,30 @@ def full_batch(offset: int) -> SinkBatch:
     return SinkBatch(
         sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN), ("100002", "B1", DAY, "AM", "N", TEN)]),
         pupils=pupils([("100001", "A1", "N", TEN), ("100002", "B1", "K", TEN)]),
-        extracts=pa.table({"extract_id": ["e1"], "urn": ["100001"], "status": ["complete"], "pupils_accepted": [1],
-                           "first_seen_at": [TEN], "last_seen_at": [TEN]}),
-        quarantine=pa.table({"topic": [TOPIC, TOPIC], "partition": [0, 0], "offset": [7, 7],
-                             "pupil_position": [None, 3], "reason_code": ["bad_json", "bad_upn"],
-                             "severity": ["message", "pupil"], "quarantined_at": [TEN, TEN]}),
-        optout_audit=pa.table({"urn": ["100009"], "extract_id": ["e9"], "pupils_dropped": [30],
-                               "dropped_at": [TEN]}),
+        extracts=pa.table(
+            {
+                "extract_id": ["e1"],
+                "urn": ["100001"],
+                "status": ["complete"],
+                "pupils_accepted": [1],
+                "first_seen_at": [TEN],
+                "last_seen_at": [TEN],
+            }
+        ),
+        quarantine=pa.table(
+            {
+                "topic": [TOPIC, TOPIC],
+                "partition": [0, 0],
+                "offset": [7, 7],
+                "pupil_position": [None, 3],
+                "reason_code": ["bad_json", "bad_upn"],
+                "severity": ["message", "pupil"],
+                "quarantined_at": [TEN, TEN],
+            }
+        ),
+        optout_audit=pa.table(
+            {"urn": ["100009"], "extract_id": ["e9"], "pupils_dropped": [30], "dropped_at": [TEN]}
+        ),
         offsets={(TOPIC, 0): offset, (TOPIC, 1): offset + 100},
     )
 
@@ -109,14 +165,24 @@ def test_replaying_the_same_batch_changes_nothing(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
     first = sink.write_batch(full_batch(41))
     counts = row_counts(lake_uri)
-    versions = {c.name: DeltaTable(c.path(lake_uri)).version() for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS)}
+    versions = {
+        c.name: DeltaTable(c.path(lake_uri)).version() for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS)
+    }
 
     replay = DeltaSink(lake_uri).write_batch(full_batch(41))  # e.g. a new worker after a crash
 
     assert not first.replay_skipped and replay.replay_skipped
-    assert counts == {"attendance_sessions": 2, "pupils": 2, "extracts": 1, "quarantine": 2, "optout_audit": 1}
+    assert counts == {
+        "attendance_sessions": 2,
+        "pupils": 2,
+        "extracts": 1,
+        "quarantine": 2,
+        "optout_audit": 1,
+    }
     assert row_counts(lake_uri) == counts
-    assert {c.name: DeltaTable(c.path(lake_uri)).version() for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS)} == versions
+    assert {
+        c.name: DeltaTable(c.path(lake_uri)).version() for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS)
+    } == versions
     assert (sink.committed_offset(TOPIC, 0), sink.committed_offset(TOPIC, 1)) == (41, 141)
 
 
@@ -131,16 +197,24 @@ def test_a_crash_before_the_offsets_commit_replays_without_doubling_rows(lake_ur
     assert sink.committed_offset(TOPIC, 0) is None  # the side tables were written, the offset was not
     result = sink.write_batch(full_batch(5))  # the batch is consumed again
     assert not result.replay_skipped
-    assert row_counts(lake_uri) == {"attendance_sessions": 2, "pupils": 2, "extracts": 1, "quarantine": 2,
-                                    "optout_audit": 1}
+    assert row_counts(lake_uri) == {
+        "attendance_sessions": 2,
+        "pupils": 2,
+        "extracts": 1,
+        "quarantine": 2,
+        "optout_audit": 1,
+    }
     assert sink.committed_offset(TOPIC, 0) == 5
 
 
 def test_a_lower_offset_than_the_stored_one_is_not_written(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
-    sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN)]), offsets={(TOPIC, 0): 20}))
-    stale = DeltaSink(lake_uri).write_batch(SinkBatch(
-        sessions=sessions([("100001", "A9", DAY, "AM", "N", ELEVEN)]), offsets={(TOPIC, 0): 15}))
+    sink.write_batch(
+        SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN)]), offsets={(TOPIC, 0): 20})
+    )
+    stale = DeltaSink(lake_uri).write_batch(
+        SinkBatch(sessions=sessions([("100001", "A9", DAY, "AM", "N", ELEVEN)]), offsets={(TOPIC, 0): 15})
+    )
     assert stale.replay_skipped and stale.offsets_already_stored == {(TOPIC, 0): 20}
     assert sink.committed_offset(TOPIC, 0) == 20
     assert list(current_marks(lake_uri)) == [("100001", "A1", DAY.isoformat(), "AM")]
@@ -153,19 +227,31 @@ def commit_actions(table_path: str, version: int) -> list[dict]:
 
 def test_offsets_are_in_the_same_delta_commit_as_the_session_rows(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri, app_id_prefix="w")
-    result = sink.write_batch(SinkBatch(
-        sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN)]), offsets={(TOPIC, 3): 77, (TOPIC, 4): 12}))
+    result = sink.write_batch(
+        SinkBatch(
+            sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN)]),
+            offsets={(TOPIC, 3): 77, (TOPIC, 4): 12},
+        )
+    )
     actions = commit_actions(ATTENDANCE_SESSIONS.path(lake_uri), result.sessions_version)
     assert {(a["txn"]["appId"], a["txn"]["version"]) for a in actions if "txn" in a} == {
-        (f"w-{TOPIC}-3", 77), (f"w-{TOPIC}-4", 12)}
-    assert sum(a["add"]["stats"] and json.loads(a["add"]["stats"])["numRecords"] for a in actions if "add" in a) == 1
+        (f"w-{TOPIC}-3", 77),
+        (f"w-{TOPIC}-4", 12),
+    }
+    assert (
+        sum(a["add"]["stats"] and json.loads(a["add"]["stats"])["numRecords"] for a in actions if "add" in a)
+        == 1
+    )
 
 
 def test_an_amendment_and_its_offsets_commit_together_after_the_merge(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
-    sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN)]), offsets={(TOPIC, 0): 1}))
-    result = sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", ELEVEN)]),
-                                        offsets={(TOPIC, 0): 2}))
+    sink.write_batch(
+        SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN)]), offsets={(TOPIC, 0): 1})
+    )
+    result = sink.write_batch(
+        SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", ELEVEN)]), offsets={(TOPIC, 0): 2})
+    )
     # Only an existing school-day: the MERGE commits the row, then a data-less commit carries the offset.
     actions = commit_actions(ATTENDANCE_SESSIONS.path(lake_uri), result.sessions_version)
     assert [a["txn"]["version"] for a in actions if "txn" in a] == [2]
@@ -175,43 +261,79 @@ def test_an_amendment_and_its_offsets_commit_together_after_the_merge(lake_uri: 
 
 def test_a_batch_without_session_rows_still_commits_its_offsets(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
-    result = sink.write_batch(SinkBatch(
-        quarantine=pa.table({"topic": [TOPIC], "partition": [2], "offset": [9], "reason_code": ["bad_json"],
-                             "severity": ["message"], "quarantined_at": [TEN]}),
-        offsets={(TOPIC, 2): 9}))
+    result = sink.write_batch(
+        SinkBatch(
+            quarantine=pa.table(
+                {
+                    "topic": [TOPIC],
+                    "partition": [2],
+                    "offset": [9],
+                    "reason_code": ["bad_json"],
+                    "severity": ["message"],
+                    "quarantined_at": [TEN],
+                }
+            ),
+            offsets={(TOPIC, 2): 9},
+        )
+    )
     assert result.offsets_committed == {(TOPIC, 2): 9}
     assert sink.committed_offset(TOPIC, 2) == 9
     assert lake.read_table(ATTENDANCE_SESSIONS, lake_uri).num_rows == 0
-    assert [a for a in commit_actions(ATTENDANCE_SESSIONS.path(lake_uri), result.sessions_version) if "add" in a] == []
+    assert [
+        a for a in commit_actions(ATTENDANCE_SESSIONS.path(lake_uri), result.sessions_version) if "add" in a
+    ] == []
 
 
 def test_pupils_newest_wins_and_current_since_moves_only_when_characteristics_change(lake_uri: str) -> None:
     times = iter([datetime(2026, 11, 16, h, tzinfo=UTC) for h in (12, 13, 14, 15)])
     sink = DeltaSink(lake_uri, clock=lambda: next(times))
-    sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", "N", NINE)]), offsets={(TOPIC, 0): 1}))  # 12:00
+    sink.write_batch(
+        SinkBatch(pupils=pupils([("100001", "A1", "N", NINE)]), offsets={(TOPIC, 0): 1})
+    )  # 12:00
     sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", "N", TEN)]), offsets={(TOPIC, 0): 2}))  # same
-    sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", "K", ELEVEN)]), offsets={(TOPIC, 0): 3}))  # 14:00
+    sink.write_batch(
+        SinkBatch(pupils=pupils([("100001", "A1", "K", ELEVEN)]), offsets={(TOPIC, 0): 3})
+    )  # 14:00
     sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", "E", TEN)]), offsets={(TOPIC, 0): 4}))  # late
 
     [row] = lake.read_table(PUPILS, lake_uri).to_pylist()
     assert (row["sen_provision"], row["generated_at"], row["current_since"]) == (
-        "K", ELEVEN, datetime(2026, 11, 16, 14, tzinfo=UTC))
+        "K",
+        ELEVEN,
+        datetime(2026, 11, 16, 14, tzinfo=UTC),
+    )
 
 
 def test_extract_status_moves_forward_and_keeps_first_seen(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
 
     def extract(status: str, chunks: int, first: datetime, last: datetime, offset: int) -> None:
-        sink.write_batch(SinkBatch(extracts=pa.table({
-            "extract_id": ["e1"], "urn": ["100001"], "status": [status], "chunks_received": [chunks],
-            "first_seen_at": [first], "last_seen_at": [last]}), offsets={(TOPIC, 0): offset}))
+        sink.write_batch(
+            SinkBatch(
+                extracts=pa.table(
+                    {
+                        "extract_id": ["e1"],
+                        "urn": ["100001"],
+                        "status": [status],
+                        "chunks_received": [chunks],
+                        "first_seen_at": [first],
+                        "last_seen_at": [last],
+                    }
+                ),
+                offsets={(TOPIC, 0): offset},
+            )
+        )
 
     extract("incomplete", 1, NINE, NINE, 1)
     extract("complete", 3, TEN, ELEVEN, 2)  # a later batch saw the remaining chunks
     extract("incomplete", 2, NINE, TEN, 3)  # an older state, re-sent: ignored
     [row] = lake.read_table(EXTRACTS, lake_uri).to_pylist()
     assert (row["status"], row["chunks_received"], row["first_seen_at"], row["last_seen_at"]) == (
-        "complete", 3, NINE, ELEVEN)
+        "complete",
+        3,
+        NINE,
+        ELEVEN,
+    )
 
 
 def test_rows_outside_the_table_contract_are_refused(lake_uri: str) -> None:
@@ -229,14 +351,29 @@ def test_no_upn_reaches_the_delta_log_statistics(lake_uri: str) -> None:
 
 
 def _write_partition(lake_uri: str, partition: int, schools: list[str], queue) -> None:  # noqa: ANN001
+    """One worker process: per school, a first extract (new school-days: appended) and then an amendment
+    of every mark (existing school-days: MERGEd into the same day partitions the other process MERGEs
+    into, so the two processes' commits conflict and are retried)."""
     sink = DeltaSink(lake_uri)
     conflicts = 0
-    for batch_number, urn in enumerate(schools):
-        rows = [(urn, f"P{urn}{i:03d}", DAY - timedelta(days=d), s, "/", TEN)
-                for i in range(50) for d in (0, 1) for s in ("AM", "PM")]
-        result = sink.write_batch(SinkBatch(sessions=sessions(rows), pupils=pupils(
-            [(urn, f"P{urn}{i:03d}", "N", TEN) for i in range(50)]), offsets={(TOPIC, partition): batch_number}))
-        conflicts += result.conflicts
+    offset = 0
+    for urn in schools:
+        for code, generated in (("/", TEN), ("L", ELEVEN)):
+            rows = [
+                (urn, f"P{urn}{i:03d}", DAY - timedelta(days=d), s, code, generated)
+                for i in range(50)
+                for d in (0, 1)
+                for s in ("AM", "PM")
+            ]
+            result = sink.write_batch(
+                SinkBatch(
+                    sessions=sessions(rows),
+                    pupils=pupils([(urn, f"P{urn}{i:03d}", code, generated) for i in range(50)]),
+                    offsets={(TOPIC, partition): offset},
+                )
+            )
+            conflicts += result.conflicts
+            offset += 1
     queue.put((partition, conflicts))
 
 
@@ -244,7 +381,9 @@ def test_two_processes_writing_different_partitions_at_once_both_succeed(lake_ur
     context = multiprocessing.get_context("spawn")  # a fork after deltalake was used panics (stack notes)
     queue = context.Queue()
     schools = {0: [f"1000{i:02d}" for i in range(0, 12, 2)], 1: [f"1000{i:02d}" for i in range(1, 12, 2)]}
-    workers = [context.Process(target=_write_partition, args=(lake_uri, p, schools[p], queue)) for p in (0, 1)]
+    workers = [
+        context.Process(target=_write_partition, args=(lake_uri, p, schools[p], queue)) for p in (0, 1)
+    ]
     for worker in workers:
         worker.start()
     finished = dict(queue.get(timeout=240) for _ in workers)
@@ -254,10 +393,12 @@ def test_two_processes_writing_different_partitions_at_once_both_succeed(lake_ur
 
     assert set(finished) == {0, 1}
     sink = DeltaSink(lake_uri)
-    assert (sink.committed_offset(TOPIC, 0), sink.committed_offset(TOPIC, 1)) == (5, 5)
+    assert (sink.committed_offset(TOPIC, 0), sink.committed_offset(TOPIC, 1)) == (11, 11)
     marks = lake.read_table(ATTENDANCE_SESSIONS, lake_uri)
     assert marks.num_rows == 12 * 50 * 2 * 2
-    keys = pc.binary_join_element_wise(marks["urn"], marks["upn"], marks["date"].cast(pa.string()),
-                                       marks["session"], "|")
+    assert pc.unique(marks["code"]).to_pylist() == ["L"]  # every amendment landed
+    keys = pc.binary_join_element_wise(
+        marks["urn"], marks["upn"], marks["date"].cast(pa.string()), marks["session"], "|"
+    )
     assert pc.count_distinct(keys).as_py() == marks.num_rows
     assert lake.read_table(PUPILS, lake_uri).num_rows == 12 * 50

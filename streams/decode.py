@@ -1,0 +1,841 @@
+"""Extract messages (bytes) -> typed Arrow tables, column-wise, with every structural fault named.
+
+One call decodes a whole batch of messages. The fast path parses all of them at once with Arrow's JSON
+reader against an explicit schema (the contract's fields, typed; anything else skipped), then flattens the
+nested pupils and sessions into flat tables with ``list_flatten``/``list_parent_indices``. Arrow's reader is
+strict about types, so a message with a field of the wrong JSON type makes the whole parse fail: the batch is
+then split (at the row Arrow names, or in halves) until the messages that fail on their own are isolated.
+Those, and anything else the fast path cannot vouch for, take the slow path: ``orjson`` and a per-record
+type check that names each faulty field and keeps the rest of the message. Both paths produce the same raw
+flat tables, and every value check (dates, patterns, ranges, required fields) then runs once, column-wise,
+over their union: a message gives the same result whichever path it took (tests pin this).
+
+Fields outside the contract are dropped and counted. ``extra_fields_dropped`` counts out-of-contract keys
+*carrying a value* (not ``null``), at the header, pupil and mark level and inside such fields (a dropped
+``address`` object with two keys counts 3), in messages whose structure is valid. In the fast path the count
+is exact arithmetic on the raw bytes: every colon outside a string ends a key, so keys with a non-null value
+= colons right after a quote minus those followed by ``null``, minus the contract's non-null fields (known
+from the parsed columns). The preconditions of that arithmetic (no escaped quote just before a colon, no
+whitespace between a key and its colon, at most one space after it) are checked on the same colon positions;
+a message that breaks them, or that carries extra values at all, is checked further (below) or sent down the
+slow path, which counts by walking the decoded document. A key whose value is ``null`` carries no data and
+cannot be told from an absent key in the columns, so it is not counted by either path.
+
+Arrow's reader accepts ``NaN``/``Infinity`` and very deep nesting inside fields it skips; a message carrying
+extra values is therefore also run through ``msgspec``'s strict JSON validator (no objects built), and one
+that fails it goes down the slow path, where ``orjson`` decides (its limit: 1024 levels of nesting).
+
+Nothing here logs, and no detail ever quotes a value from a pupil: details name the field and the fault.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from schemas.contract import HEADER_FIELDS, MARK_FIELDS, PUPIL_FIELDS, SCHEMA_VERSION
+
+INT32_MAX = 2**31 - 1
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+# --- public output schemas ---------------------------------------------------------------------------------
+
+HEADERS_SCHEMA = pa.schema([
+    ("msg_index", pa.int32()),
+    ("extract_id", pa.string()),
+    ("urn", pa.string()),
+    ("laestab", pa.string()),
+    ("extract_date", pa.date32()),
+    ("generated_at", UTC_TS),
+    ("chunk_index", pa.int32()),
+    ("chunk_count", pa.int32()),
+    ("pupil_count", pa.int32()),
+    ("pupils_in_message", pa.int32()),
+    ("marks_in_message", pa.int32()),
+    ("extra_fields_in_message", pa.int32()),
+])
+PUPILS_SCHEMA = pa.schema([
+    ("msg_index", pa.int32()),
+    ("pupil_position", pa.int32()),
+    ("upn", pa.string()),
+    ("date_of_birth", pa.date32()),
+    ("sex", pa.string()),
+    ("nc_year_group", pa.string()),
+    ("ethnicity", pa.string()),
+    ("fsm_eligible", pa.bool_()),
+    ("sen_provision", pa.string()),
+    ("looked_after", pa.bool_()),
+    ("child_in_need", pa.bool_()),
+    ("child_protection_plan", pa.bool_()),
+    ("admission_date", pa.date32()),
+    ("leaving_date", pa.date32()),
+    ("marks_in_pupil", pa.int32()),
+])
+MARKS_SCHEMA = pa.schema([
+    ("msg_index", pa.int32()),
+    ("pupil_position", pa.int32()),
+    ("mark_position", pa.int32()),
+    ("date", pa.date32()),
+    ("session", pa.string()),
+    ("code", pa.string()),
+])
+MESSAGE_REJECTIONS_SCHEMA = pa.schema([
+    ("msg_index", pa.int32()), ("reason_code", pa.string()), ("field", pa.string()), ("detail", pa.string()),
+])
+PUPIL_REJECTIONS_SCHEMA = pa.schema([
+    ("msg_index", pa.int32()), ("pupil_position", pa.int32()),
+    ("reason_code", pa.string()), ("field", pa.string()), ("detail", pa.string()),
+])
+MARK_REJECTIONS_SCHEMA = pa.schema([
+    ("msg_index", pa.int32()), ("pupil_position", pa.int32()), ("mark_position", pa.int32()),
+    ("reason_code", pa.string()), ("field", pa.string()), ("detail", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """What a batch of messages decoded into. ``msg_index`` is always the position in the input sequence.
+
+    ``headers`` has one row per message whose structure is valid (``pupils_in_message``/``marks_in_message``
+    count what it carried, rejected records included). ``pupils`` and ``marks`` hold only records that
+    passed the contract checks, of messages in ``headers``; a pupil in ``pupil_rejections`` contributes no
+    marks.
+    """
+
+    headers: pa.Table
+    pupils: pa.Table
+    marks: pa.Table
+    message_rejections: pa.Table
+    pupil_rejections: pa.Table
+    mark_rejections: pa.Table
+    extra_fields_dropped: int
+    #: How many messages the fast path could not vouch for (diagnostics, for the benchmark).
+    slow_path_messages: int = 0
+
+
+# --- the contract, as the decoder sees it ------------------------------------------------------------------
+
+_STR, _BOOL, _INT = "string", "boolean", "integer"
+HEADER_TYPES: dict[str, str] = {
+    "schema_version": _STR, "extract_id": _STR, "urn": _STR, "laestab": _STR, "extract_date": _STR,
+    "generated_at": _STR, "chunk_index": _INT, "chunk_count": _INT, "pupil_count": _INT,
+}
+PUPIL_TYPES: dict[str, str] = {
+    "upn": _STR, "date_of_birth": _STR, "sex": _STR, "nc_year_group": _STR, "ethnicity": _STR,
+    "fsm_eligible": _BOOL, "sen_provision": _STR, "looked_after": _BOOL, "child_in_need": _BOOL,
+    "child_protection_plan": _BOOL, "admission_date": _STR, "leaving_date": _STR,
+}
+PUPIL_OPTIONAL = frozenset({"ethnicity", "child_in_need", "child_protection_plan", "leaving_date"})
+PUPIL_DATES = ("date_of_birth", "admission_date", "leaving_date")
+MARK_TYPES: dict[str, str] = {"date": _STR, "session": _STR, "code": _STR}
+assert tuple(HEADER_TYPES) == HEADER_FIELDS
+assert (*PUPIL_TYPES, "sessions") == PUPIL_FIELDS
+assert tuple(MARK_TYPES) == MARK_FIELDS
+
+_ARROW_TYPE = {_STR: pa.string(), _BOOL: pa.bool_(), _INT: pa.int64()}
+_RAW_MARK = pa.struct([(name, _ARROW_TYPE[t]) for name, t in MARK_TYPES.items()])
+_RAW_PUPIL = pa.struct([(name, _ARROW_TYPE[t]) for name, t in PUPIL_TYPES.items()]
+                       + [("sessions", pa.list_(_RAW_MARK))])
+_RAW_MESSAGE = pa.schema([(name, _ARROW_TYPE[t]) for name, t in HEADER_TYPES.items()]
+                         + [("pupils", pa.list_(_RAW_PUPIL))])
+_PARSE_OPTIONS = pj.ParseOptions(explicit_schema=_RAW_MESSAGE, unexpected_field_behavior="ignore")
+
+# Flat raw tables: what both paths produce before the value checks.
+_FLAT_HEADER = pa.schema(
+    [("msg_index", pa.int32())]
+    + [(name, _ARROW_TYPE[t]) for name, t in HEADER_TYPES.items()]
+    + [("pupils_in_message", pa.int32()), ("marks_in_message", pa.int32()), ("extra_fields", pa.int64())]
+)
+_FLAT_PUPIL = pa.schema(
+    [("msg_index", pa.int32()), ("pupil_position", pa.int32())]
+    + [(name, _ARROW_TYPE[t]) for name, t in PUPIL_TYPES.items()]
+    + [("marks_in_pupil", pa.int32())]
+)
+_FLAT_MARK = pa.schema(
+    [("msg_index", pa.int32()), ("pupil_position", pa.int32()), ("mark_position", pa.int32())]
+    + [(name, _ARROW_TYPE[t]) for name, t in MARK_TYPES.items()]
+)
+
+_JSON_WHITESPACE = b" \t\n\r"
+_MAX_BLOCK_BYTES = 1 << 30  # Arrow's block size is an int32; one block per parse keeps rows = messages
+_ROW_HINT = re.compile(r"in row (\d+)")
+_SCAN_SLICE_BYTES = 4 << 20  # bytes of raw messages per numpy pass in _count_keys
+_VALIDATOR = msgspec.json.Decoder(msgspec.Raw)  # strict JSON, nesting-limited, builds nothing
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+def _type_fault(name: str, want: str, value: Any) -> str | None:
+    """Detail for a value of the wrong JSON type (None when the type is right or the value is null)."""
+    if value is None:
+        return None
+    if want == _STR and type(value) is str:
+        return None
+    if want == _BOOL and type(value) is bool:
+        return None
+    if want == _INT:
+        if type(value) is int:
+            return None if -(2**63) <= value < 2**63 else f"{name}: integer out of range"
+        if type(value) is float and value.is_integer() and abs(value) >= 2**63:
+            return f"{name}: integer out of range"  # orjson reads integers beyond 64 bits as floats
+    article = "an" if want == _INT else "a"
+    return f"{name}: expected {article} {want}, got {_json_type(value)}"
+
+
+def _is_utf8(message: bytes) -> bool:
+    if message.isascii():
+        return True
+    try:
+        message.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _count_valued_keys(document: Any) -> int:
+    """Keys with a non-null value anywhere in a decoded document (iterative: documents may nest deeply)."""
+    count = 0
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for value in node.values():
+                if value is not None:
+                    count += 1
+                    if isinstance(value, dict | list):
+                        stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(item for item in node if isinstance(item, dict | list))
+    return count
+
+
+@dataclass
+class _Rows:
+    """Accumulators for the slow path (plain Python rows, built into tables once)."""
+
+    headers: list[dict] = field(default_factory=list)
+    pupils: list[dict] = field(default_factory=list)
+    marks: list[dict] = field(default_factory=list)
+    message_rejections: list[dict] = field(default_factory=list)
+    pupil_rejections: list[dict] = field(default_factory=list)
+    mark_rejections: list[dict] = field(default_factory=list)
+
+    def reject_message(self, msg_index: int, code: str, field_name: str, detail: str) -> None:
+        self.message_rejections.append(
+            {"msg_index": msg_index, "reason_code": code, "field": field_name, "detail": detail})
+
+
+# --- slow path: one message, in Python, naming every faulty field ------------------------------------------
+
+
+def _json_error_detail(exc: orjson.JSONDecodeError) -> str:
+    text = str(exc)
+    if "depth limit" in text or "recursion" in text:
+        return "(message): JSON nested more than 1024 levels deep"
+    return f"(message): not valid JSON: {text}"
+
+
+def _decode_slow(msg_index: int, message: bytes, rows: _Rows) -> int:
+    """Decode one (UTF-8) message the careful way; return its extra-field count (0 when rejected whole)."""
+    try:
+        document = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        rows.reject_message(msg_index, "MSG_NOT_JSON", "(message)", _json_error_detail(exc))
+        return 0
+    if not isinstance(document, dict):
+        rows.reject_message(msg_index, "MSG_CONTRACT", "(top level)",
+                            f"(top level): expected a JSON object, got {_json_type(document)}")
+        return 0
+    faults: list[tuple[str, str]] = []
+    for name, want in HEADER_TYPES.items():
+        detail = _type_fault(name, want, document.get(name))
+        if detail:
+            faults.append((name, detail))
+    pupils = document.get("pupils")
+    if not isinstance(pupils, list):
+        faults.append(("pupils", "pupils: missing or not a list"))
+    else:
+        for position, pupil in enumerate(pupils):
+            if not isinstance(pupil, dict):
+                faults.append(("pupils", f"pupils.{position}: expected an object"))
+                continue
+            sessions = pupil.get("sessions")
+            if not isinstance(sessions, list):
+                faults.append(("pupils.sessions", f"pupils.{position}.sessions: missing or not a list"))
+                continue
+            for mark_position, mark in enumerate(sessions):
+                if not isinstance(mark, dict):
+                    faults.append(("pupils.sessions",
+                                   f"pupils.{position}.sessions.{mark_position}: expected an object"))
+    if faults:
+        for name, detail in faults:
+            rows.reject_message(msg_index, "MSG_CONTRACT", name, detail)
+        return 0
+
+    contract_values = sum(document.get(name) is not None for name in HEADER_FIELDS) + 1  # + "pupils"
+    marks_in_message = 0
+    for position, pupil in enumerate(pupils):
+        sessions = pupil["sessions"]
+        marks_in_message += len(sessions)
+        contract_values += sum(pupil.get(name) is not None for name in PUPIL_FIELDS)
+        contract_values += sum(mark.get(name) is not None for mark in sessions for name in MARK_FIELDS)
+        pupil_faults = [(name, detail) for name, want in PUPIL_TYPES.items()
+                        if (detail := _type_fault(name, want, pupil.get(name)))]
+        if pupil_faults:
+            rows.pupil_rejections.extend(
+                {"msg_index": msg_index, "pupil_position": position, "reason_code": "PUPIL_CONTRACT",
+                 "field": name, "detail": detail} for name, detail in pupil_faults)
+            continue
+        row = {name: pupil.get(name) for name in PUPIL_TYPES}
+        row.update(msg_index=msg_index, pupil_position=position, marks_in_pupil=len(sessions))
+        rows.pupils.append(row)
+        for mark_position, mark in enumerate(sessions):
+            mark_faults = [(name, detail) for name, want in MARK_TYPES.items()
+                           if (detail := _type_fault(name, want, mark.get(name)))]
+            if mark_faults:
+                rows.mark_rejections.extend(
+                    {"msg_index": msg_index, "pupil_position": position, "mark_position": mark_position,
+                     "reason_code": "MARK_CONTRACT", "field": name, "detail": detail}
+                    for name, detail in mark_faults)
+                continue
+            rows.marks.append({"msg_index": msg_index, "pupil_position": position,
+                               "mark_position": mark_position, **{name: mark.get(name) for name in MARK_TYPES}})
+    extra = _count_valued_keys(document) - contract_values
+    header = {name: document.get(name) for name in HEADER_FIELDS}
+    header.update(msg_index=msg_index, pupils_in_message=len(pupils), marks_in_message=marks_in_message,
+                  extra_fields=extra)
+    rows.headers.append(header)
+    return extra
+
+
+# --- fast path: the whole batch through Arrow's JSON reader ------------------------------------------------
+
+
+def _read(messages: list[bytes], buffer: bytes | None = None) -> tuple[pa.Table | None, int | None]:
+    """Parse messages (one JSON object each) in one block; (table, None) or (None, row hint of the fault)."""
+    if buffer is None:
+        buffer = b"\n".join(messages)
+    try:
+        table = pj.read_json(
+            pa.BufferReader(buffer),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(len(buffer) + 1, 1 << 16)),
+            parse_options=_PARSE_OPTIONS,
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowIndexError) as exc:
+        hint = _ROW_HINT.search(str(exc))
+        return None, int(hint.group(1)) if hint else None
+    if table.num_rows != len(messages):  # a message held more than one JSON value: isolate it
+        return None, None
+    return table, None
+
+
+def _parse_isolating(messages: list[bytes], buffer: bytes) -> tuple[list[tuple[int, int, pa.Table]], list[int]]:
+    """Parse in as few blocks as possible: parsed (start, stop, table) ranges in order, and the positions of
+    messages that fail on their own. ``buffer`` is ``messages`` joined by newlines (reused for the first try).
+    """
+    parts: list[tuple[int, int, pa.Table]] = []
+    failed: list[int] = []
+    work = [(0, len(messages))]  # half-open ranges, processed in order
+    while work:
+        start, stop = work.pop(0)
+        if start >= stop:
+            continue
+        whole = start == 0 and stop == len(messages)
+        size = len(buffer) if whole else sum(len(m) + 1 for m in messages[start:stop])
+        if size > _MAX_BLOCK_BYTES and stop - start > 1:
+            middle = (start + stop) // 2
+            work[:0] = [(start, middle), (middle, stop)]
+            continue
+        table, hint = _read(messages[start:stop], buffer if whole else None)
+        if table is not None:
+            parts.append((start, stop, table))
+        elif stop - start == 1:
+            failed.append(start)
+        elif hint is not None and 0 <= hint < stop - start:
+            bad = start + hint
+            work[:0] = [(start, bad), (bad, bad + 1), (bad + 1, stop)]
+        else:
+            middle = (start + stop) // 2
+            work[:0] = [(start, middle), (middle, stop)]
+    return parts, failed
+
+
+@dataclass
+class _KeyCounts:
+    valued_keys: np.ndarray  # per message: keys whose value is not null
+    nested_values: np.ndarray  # per message: keys whose value is an object or an array
+    unsure: np.ndarray  # per message: the byte arithmetic's preconditions do not hold
+    odd_values: np.ndarray  # per message: a key's value starts like NaN, Infinity or -Infinity
+
+
+def _count_keys(buffer: bytes, lengths: np.ndarray) -> _KeyCounts:
+    """Per message, from the colon positions of the raw bytes (see the module docstring).
+
+    ``buffer`` is the messages joined by single newlines, followed by at least three spare bytes. The work
+    goes in slices of a few MB so that numpy's temporaries stay small enough to be reused from the heap.
+    """
+    count = len(lengths)
+    bounds = np.zeros(count + 1, dtype=np.int64)
+    np.cumsum(lengths + 1, out=bounds[1:])
+    data = np.frombuffer(buffer, dtype=np.uint8)
+    whitespace = np.zeros(256, dtype=np.bool_)
+    whitespace[[32, 9, 10, 13]] = True
+    valued = np.zeros(count, dtype=np.int64)
+    nested = np.zeros(count, dtype=np.int64)
+    unsure = np.zeros(count, dtype=np.int64)
+    odd = np.zeros(count, dtype=np.int64)
+    first_message = 0
+    while first_message < count:
+        stop_message = int(np.searchsorted(bounds, bounds[first_message] + _SCAN_SLICE_BYTES, side="right")) - 1
+        stop_message = min(max(stop_message, first_message + 1), count)
+        low, high = int(bounds[first_message]), int(bounds[stop_message])
+        local = bounds[first_message:stop_message + 1] - low
+        colons = np.flatnonzero(data[low:high] == 58) + low  # ':'
+        before = data[colons - 1]
+        keys = colons[before == 34]  # '"' just before: the colon ends a key (a string holds no raw '"')
+        after = data[keys + 1]
+        space_after = after == 32
+        first = after.copy()
+        first[space_after] = data[keys[space_after] + 2]  # the value's first byte, after at most one space
+        unsure_at = np.concatenate([
+            colons[whitespace[before]],  # whitespace between a key and its colon (or a colon in a string)
+            keys[data[keys - 2] == 92],  # '\\' before the quote: maybe an escaped quote in a string
+            keys[whitespace[first]],  # more whitespace after the colon than one space
+        ])
+        unsure_at.sort()
+        minus = first == 45  # '-': a number, or -Infinity
+        odd_at = keys[(first == 78) | (first == 73) | (minus & (data[keys + 2 + space_after] == 73))]
+        window = slice(first_message, stop_message)
+        keys -= low
+        valued[window] = np.diff(np.searchsorted(keys, local)) - np.diff(
+            np.searchsorted(keys[first == 110], local))  # 'n': the only JSON value starting so is null
+        nested[window] = np.diff(np.searchsorted(keys[(first == 91) | (first == 123)], local))  # '[' '{'
+        unsure[window] = np.diff(np.searchsorted(unsure_at - low, local))
+        odd[window] = np.diff(np.searchsorted(odd_at - low, local))
+        first_message = stop_message
+    return _KeyCounts(valued_keys=valued, nested_values=nested, unsure=unsure > 0, odd_values=odd > 0)
+
+
+def _valid_count(array: pa.Array) -> np.ndarray:
+    return np.asarray(pc.is_valid(array), dtype=np.int64)
+
+
+@dataclass
+class _FastFlat:
+    headers: pa.Table
+    pupils: pa.Table
+    marks: pa.Table
+    structure_rejections: list[pa.Table]
+    contract_values: np.ndarray  # per parsed message: contract fields with a non-null value
+    contract_nested: np.ndarray  # per parsed message: contract fields whose value is a list
+
+
+def _flatten(table: pa.Table, msg_index: np.ndarray) -> _FastFlat:
+    """Nested parsed messages -> flat raw header, pupil and mark tables (column-wise)."""
+    rows = table.num_rows
+    msg_index_arr = pa.array(msg_index, pa.int32())
+    pupils = table.column("pupils").combine_chunks()
+    pupil_values = pupils.flatten()
+    pupil_parent = np.asarray(pc.list_parent_indices(pupils), dtype=np.int64)
+    pupil_offsets = np.asarray(pupils.offsets, dtype=np.int64)
+    pupil_position = np.arange(len(pupil_values), dtype=np.int64) - (pupil_offsets[pupil_parent] - pupil_offsets[0])
+    pupil_msg = msg_index[pupil_parent]
+
+    sessions = pupil_values.field("sessions")
+    mark_values = sessions.flatten()
+    mark_parent = np.asarray(pc.list_parent_indices(sessions), dtype=np.int64)
+    session_offsets = np.asarray(sessions.offsets, dtype=np.int64)
+    mark_position = np.arange(len(mark_values), dtype=np.int64) - (session_offsets[mark_parent]
+                                                                   - session_offsets[0])
+    marks_in_pupil = np.asarray(pc.fill_null(sessions.value_lengths(), 0), dtype=np.int64)
+    marks_in_message = np.bincount(pupil_parent, weights=marks_in_pupil, minlength=rows).astype(np.int64)
+    pupils_in_message = np.asarray(pc.fill_null(pupils.value_lengths(), 0), dtype=np.int64)
+
+    # Structure: the nulls Arrow reads where the contract wants a list or an object.
+    rejections: list[pa.Table] = []
+    pupils_null = np.asarray(pupils.is_null())
+    if pupils_null.any():
+        rejections.append(_message_rejections(msg_index[pupils_null], "MSG_CONTRACT", "pupils",
+                                              ["pupils: missing or not a list"] * int(pupils_null.sum())))
+    pupil_null = np.asarray(pupil_values.is_null())
+    if pupil_null.any():
+        rejections.append(_message_rejections(
+            pupil_msg[pupil_null], "MSG_CONTRACT", "pupils",
+            [f"pupils.{p}: expected an object" for p in pupil_position[pupil_null]]))
+    sessions_null = np.asarray(sessions.is_null()) & ~pupil_null
+    if sessions_null.any():
+        rejections.append(_message_rejections(
+            pupil_msg[sessions_null], "MSG_CONTRACT", "pupils.sessions",
+            [f"pupils.{p}.sessions: missing or not a list" for p in pupil_position[sessions_null]]))
+    mark_null = np.asarray(mark_values.is_null())
+    if mark_null.any():
+        rejections.append(_message_rejections(
+            pupil_msg[mark_parent[mark_null]], "MSG_CONTRACT", "pupils.sessions",
+            [f"pupils.{p}.sessions.{m}: expected an object"
+             for p, m in zip(pupil_position[mark_parent[mark_null]], mark_position[mark_null], strict=True)]))
+
+    # Contract fields carrying a value, per message (for the extra-field arithmetic).
+    contract_values = _valid_count(pupils)
+    for name in HEADER_FIELDS:
+        contract_values = contract_values + _valid_count(table.column(name).combine_chunks())
+    pupil_columns = {name: pupil_values.field(name) for name in (*PUPIL_TYPES, "sessions")}
+    mark_columns = {name: mark_values.field(name) for name in MARK_TYPES}
+    per_pupil = sum(_valid_count(pupil_columns[name]) for name in pupil_columns)
+    per_mark = sum(_valid_count(mark_columns[name]) for name in mark_columns)
+    if len(mark_values):
+        per_pupil = per_pupil + np.bincount(mark_parent, weights=per_mark,
+                                            minlength=len(pupil_values)).astype(np.int64)
+    if len(pupil_values):
+        contract_values = contract_values + np.bincount(pupil_parent, weights=per_pupil,
+                                                        minlength=rows).astype(np.int64)
+    contract_nested = _valid_count(pupils) + (
+        np.bincount(pupil_parent, weights=_valid_count(sessions), minlength=rows).astype(np.int64)
+        if len(pupil_values) else 0)
+
+    headers = pa.table(
+        [msg_index_arr] + [table.column(name).combine_chunks() for name in HEADER_FIELDS]
+        + [pa.array(pupils_in_message, pa.int32()), pa.array(marks_in_message, pa.int32()),
+           pa.nulls(rows, pa.int64())],
+        schema=_FLAT_HEADER,
+    )
+    flat_pupils = pa.table(
+        [pa.array(pupil_msg, pa.int32()), pa.array(pupil_position, pa.int32())]
+        + [pupil_columns[name] for name in PUPIL_TYPES] + [pa.array(marks_in_pupil, pa.int32())],
+        schema=_FLAT_PUPIL,
+    )
+    flat_marks = pa.table(
+        [pa.array(pupil_msg[mark_parent], pa.int32()), pa.array(pupil_position[mark_parent], pa.int32()),
+         pa.array(mark_position, pa.int32())] + [mark_columns[name] for name in MARK_TYPES],
+        schema=_FLAT_MARK,
+    )
+    return _FastFlat(headers, flat_pupils, flat_marks, rejections, contract_values, contract_nested)
+
+
+# --- rejection tables ------------------------------------------------------------------------------------
+
+
+def _message_rejections(msg_index: Any, code: str, field_name: str, details: Any) -> pa.Table:
+    msg = pa.array(msg_index, pa.int32())
+    details = pa.array(details, pa.string()) if not isinstance(details, pa.Array) else details
+    return pa.table([msg, pa.array([code] * len(msg), pa.string()), pa.array([field_name] * len(msg), pa.string()),
+                     details], schema=MESSAGE_REJECTIONS_SCHEMA)
+
+
+def _filtered_rejections(table: pa.Table, mask: pa.Array, code: str, field_name: str, detail: str,
+                         columns: tuple[str, ...], schema: pa.Schema) -> pa.Table | None:
+    mask = pc.fill_null(mask, False)
+    hits = table.filter(mask)
+    if hits.num_rows == 0:
+        return None
+    n = hits.num_rows
+    return pa.table([hits.column(c) for c in columns] + [
+        pa.array([code] * n, pa.string()), pa.array([field_name] * n, pa.string()),
+        pa.array([detail] * n, pa.string())], schema=schema)
+
+
+def _concat(tables: list[pa.Table | None], schema: pa.Schema) -> pa.Table:
+    present = [t.cast(schema) if t.schema != schema else t for t in tables if t is not None and t.num_rows]
+    if not present:
+        return schema.empty_table()
+    return pa.concat_tables(present)
+
+
+# --- value parsing (column-wise) ---------------------------------------------------------------------------
+
+_DATE_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+_UUID_SHAPE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+def parse_iso_dates(strings: pa.Array) -> pa.Array:
+    """YYYY-MM-DD strings -> date32; null where null or not a real calendar date in that exact form.
+
+    Dates repeat a lot (a day's marks share a handful), so each distinct string is parsed once.
+    """
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    if len(strings) == 0:
+        return pa.array([], pa.date32())
+    encoded = pc.dictionary_encode(strings)
+    distinct = encoded.dictionary
+    parsed = pc.strptime(distinct, format="%Y-%m-%d", unit="s", error_is_null=True)
+    # strptime is lenient (2023-02-29 -> 1 March, single-digit months): demand an exact round trip.
+    exact = pc.and_(pc.match_substring_regex(distinct, _DATE_SHAPE),
+                    pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), distinct))
+    exact = pc.and_(pc.fill_null(exact, False), pc.fill_null(pc.greater_equal(pc.year(parsed), 1), False))
+    dates = pc.if_else(exact, pc.cast(parsed, pa.date32()), pa.scalar(None, pa.date32()))
+    return pc.take(dates, encoded.indices)
+
+
+def _parse_timestamps(strings: pa.Array) -> pa.Array:
+    """RFC 3339 date-times with an offset -> timestamp(us, UTC); null where null or invalid."""
+    shaped = pc.fill_null(pc.match_substring_regex(strings, _TIMESTAMP_SHAPE), False)
+    normal = pc.replace_substring_regex(pc.utf8_upper(strings), r"(\.[0-9]{6})[0-9]+", r"\1")
+    normal = pc.if_else(shaped, normal, pa.scalar(None, pa.string()))
+    try:
+        return pc.cast(normal, UTC_TS)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        out = []
+        for value in normal.to_pylist():  # one per message, only when some value is malformed
+            try:
+                out.append(pc.cast(pa.array([value], pa.string()), UTC_TS)[0].as_py())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                out.append(None)
+        return pa.array(out, UTC_TS)
+
+
+# --- the checks both paths share ------------------------------------------------------------------------
+
+
+def _header_value_rejections(headers: pa.Table) -> tuple[list[pa.Table | None], dict[str, pa.Array]]:
+    """Missing/malformed header values -> rejections, and the parsed columns."""
+    out: list[pa.Table | None] = []
+
+    def reject(mask: pa.Array, name: str, detail: str) -> None:
+        out.append(_message_value_rejections(headers, mask, name, detail))
+
+    for name in HEADER_FIELDS:
+        reject(pc.is_null(headers.column(name)), name, f"{name}: missing or null")
+    version = headers.column("schema_version")
+    reject(pc.not_equal(version, SCHEMA_VERSION), "schema_version",
+           f'schema_version: unsupported (this stream reads "{SCHEMA_VERSION}")')
+    extract_id = headers.column("extract_id")
+    reject(pc.invert(pc.match_substring_regex(extract_id, _UUID_SHAPE)), "extract_id",
+           "extract_id: not a UUID (8-4-4-4-12 hexadecimal digits)")
+    reject(pc.invert(pc.match_substring_regex(headers.column("urn"), r"^[0-9]{6}$")), "urn",
+           "urn: not 6 digits")
+    reject(pc.invert(pc.match_substring_regex(headers.column("laestab"), r"^[0-9]{7}$")), "laestab",
+           "laestab: not 7 digits")
+    extract_date = parse_iso_dates(headers.column("extract_date"))
+    reject(pc.and_(pc.is_valid(headers.column("extract_date")), pc.is_null(extract_date)), "extract_date",
+           "extract_date: not a YYYY-MM-DD date")
+    generated_at = _parse_timestamps(headers.column("generated_at").combine_chunks())
+    reject(pc.and_(pc.is_valid(headers.column("generated_at")), pc.is_null(generated_at)), "generated_at",
+           "generated_at: not an RFC 3339 date-time with a UTC offset")
+    for name, low in (("chunk_index", 0), ("chunk_count", 1), ("pupil_count", 0)):
+        column = headers.column(name)
+        reject(pc.less(column, low), name, f"{name}: must be at least {low}")
+        reject(pc.greater(column, INT32_MAX), name, f"{name}: integer out of range")
+    parsed = {"extract_id": pc.utf8_lower(extract_id), "extract_date": extract_date, "generated_at": generated_at}
+    return out, parsed
+
+
+def _message_value_rejections(headers: pa.Table, mask: pa.Array, name: str, detail: str) -> pa.Table | None:
+    return _filtered_rejections(headers, mask, "MSG_CONTRACT", name, detail, ("msg_index",),
+                                MESSAGE_REJECTIONS_SCHEMA)
+
+
+# --- entry point --------------------------------------------------------------------------------------------
+
+
+def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> DecodedBatch:
+    """Decode a batch of extract messages (see the module docstring for the two paths)."""
+    rows = _Rows()
+    fast_messages: list[bytes] = []
+    fast_indexes: list[int] = []
+    slow: list[tuple[int, bytes]] = []
+    for index, value in enumerate(values):
+        if value is None or len(value) == 0:
+            rows.reject_message(index, "MSG_NOT_JSON", "(message)", "(message): empty message")
+            continue
+        message = value if isinstance(value, bytes) else bytes(value)
+        if not _is_utf8(message):
+            rows.reject_message(index, "MSG_NOT_UTF8", "(message)", "(message): not valid UTF-8")
+            continue
+        stripped = message.strip(_JSON_WHITESPACE)
+        if stripped[:1] == b"{" and stripped[-1:] == b"}":
+            fast_messages.append(stripped)
+            fast_indexes.append(index)
+        else:
+            slow.append((index, message))
+
+    flat_parts: list[_FastFlat] = []
+    if fast_messages:
+        buffer = b"\n".join([*fast_messages, b"\n\n"])  # three spare bytes for _count_keys; Arrow skips them
+        parts, failed = _parse_isolating(fast_messages, buffer)
+        slow.extend((fast_indexes[position], fast_messages[position]) for position in failed)
+        if parts:
+            positions = np.concatenate([np.arange(start, stop, dtype=np.int64) for start, stop, _ in parts])
+            table = pa.concat_tables([t for _, _, t in parts]) if len(parts) > 1 else parts[0][2]
+            index_array = np.asarray(fast_indexes, dtype=np.int64)[positions]
+            flat = _flatten(table, index_array)
+            lengths = np.fromiter((len(m) for m in fast_messages), dtype=np.int64, count=len(fast_messages))
+            counts = _count_keys(buffer, lengths)
+            extra = counts.valued_keys[positions] - flat.contract_values
+            unsure = counts.unsure[positions] | (extra < 0)
+            # Arrow skipped the extra values unseen: where one is an object or array, or starts like
+            # NaN/Infinity, make sure the message is strict JSON (and not nested too deeply).
+            suspect = ~unsure & ((counts.nested_values[positions] > flat.contract_nested)
+                                 | counts.odd_values[positions])
+            for k in np.flatnonzero(suspect):
+                try:
+                    _VALIDATOR.decode(fast_messages[positions[k]])
+                except (msgspec.DecodeError, RecursionError):
+                    unsure[k] = True
+            if unsure.any():
+                slow.extend((int(index_array[k]), fast_messages[positions[k]]) for k in np.flatnonzero(unsure))
+                dropped = pa.array(index_array[unsure], pa.int32())
+
+                def keep(t: pa.Table, dropped: pa.Array = dropped) -> pa.Table:
+                    return t.filter(pc.invert(pc.is_in(t.column("msg_index"), value_set=dropped)))
+
+                flat = _FastFlat(keep(flat.headers), keep(flat.pupils), keep(flat.marks),
+                                 [keep(t) for t in flat.structure_rejections],
+                                 flat.contract_values[~unsure], flat.contract_nested[~unsure])
+                extra = extra[~unsure]
+            headers_with_extra = flat.headers.set_column(flat.headers.schema.get_field_index("extra_fields"),
+                                                         "extra_fields", pa.array(extra, pa.int64()))
+            flat_parts.append(_FastFlat(headers_with_extra, flat.pupils, flat.marks, flat.structure_rejections,
+                                        flat.contract_values, flat.contract_nested))
+
+    slow.sort()
+    for index, message in slow:
+        _decode_slow(index, message, rows)
+
+    raw_headers = _concat([p.headers for p in flat_parts]
+                          + [pa.Table.from_pylist(rows.headers, schema=_FLAT_HEADER)], _FLAT_HEADER)
+    raw_pupils = _concat([p.pupils for p in flat_parts]
+                         + [pa.Table.from_pylist(rows.pupils, schema=_FLAT_PUPIL)], _FLAT_PUPIL)
+    raw_marks = _concat([p.marks for p in flat_parts]
+                        + [pa.Table.from_pylist(rows.marks, schema=_FLAT_MARK)], _FLAT_MARK)
+    if slow and flat_parts:  # restore input order (stable: positions within a message keep theirs)
+        raw_headers = raw_headers.take(pc.sort_indices(raw_headers.column("msg_index")))
+        raw_pupils = raw_pupils.take(pc.sort_indices(raw_pupils.column("msg_index")))
+        raw_marks = raw_marks.take(pc.sort_indices(raw_marks.column("msg_index")))
+
+    header_rejections, parsed = _header_value_rejections(raw_headers)
+    message_rejections = _concat(
+        [pa.Table.from_pylist(rows.message_rejections, schema=MESSAGE_REJECTIONS_SCHEMA)]
+        + [t for p in flat_parts for t in p.structure_rejections] + header_rejections,
+        MESSAGE_REJECTIONS_SCHEMA,
+    )
+    message_rejections = message_rejections.take(pc.sort_indices(message_rejections.column("msg_index")))
+    rejected_messages = pc.unique(message_rejections.column("msg_index"))
+
+    header_ok = pc.invert(pc.is_in(raw_headers.column("msg_index"), value_set=rejected_messages))
+    headers = pa.table({
+        "msg_index": raw_headers.column("msg_index"),
+        "extract_id": parsed["extract_id"],
+        "urn": raw_headers.column("urn"),
+        "laestab": raw_headers.column("laestab"),
+        "extract_date": parsed["extract_date"],
+        "generated_at": parsed["generated_at"],
+        "chunk_index": pc.cast(raw_headers.column("chunk_index"), pa.int32(), safe=False),
+        "chunk_count": pc.cast(raw_headers.column("chunk_count"), pa.int32(), safe=False),
+        "pupil_count": pc.cast(raw_headers.column("pupil_count"), pa.int32(), safe=False),
+        "pupils_in_message": raw_headers.column("pupils_in_message"),
+        "marks_in_message": raw_headers.column("marks_in_message"),
+        "extra_fields_in_message": pc.cast(raw_headers.column("extra_fields"), pa.int32(), safe=False),
+    }).filter(header_ok)
+    headers = headers.cast(HEADERS_SCHEMA)
+    extra_fields_dropped = int(pc.sum(headers.column("extra_fields_in_message")).as_py() or 0)
+
+    # Pupils: of structurally valid messages only.
+    raw_pupils = raw_pupils.filter(pc.invert(pc.is_in(raw_pupils.column("msg_index"), value_set=rejected_messages)))
+    pupil_checks: list[pa.Table | None] = []
+    pupil_cols = ("msg_index", "pupil_position")
+    for name in PUPIL_TYPES:
+        if name not in PUPIL_OPTIONAL:
+            pupil_checks.append(_filtered_rejections(raw_pupils, pc.is_null(raw_pupils.column(name)),
+                                                     "PUPIL_CONTRACT", name, f"{name}: missing or null",
+                                                     pupil_cols, PUPIL_REJECTIONS_SCHEMA))
+    pupil_dates = {}
+    for name in PUPIL_DATES:
+        raw = raw_pupils.column(name)
+        pupil_dates[name] = parse_iso_dates(raw)
+        pupil_checks.append(_filtered_rejections(raw_pupils, pc.and_(pc.is_valid(raw),
+                                                                     pc.is_null(pupil_dates[name])),
+                                                 "PUPIL_CONTRACT", name, f"{name}: not a YYYY-MM-DD date",
+                                                 pupil_cols, PUPIL_REJECTIONS_SCHEMA))
+    slow_pupil_rejections = pa.Table.from_pylist(rows.pupil_rejections, schema=PUPIL_REJECTIONS_SCHEMA)
+    pupil_rejections = _concat([slow_pupil_rejections] + pupil_checks, PUPIL_REJECTIONS_SCHEMA)
+    pupil_rejections = pupil_rejections.filter(pc.invert(pc.is_in(pupil_rejections.column("msg_index"),
+                                                                  value_set=rejected_messages)))
+    pupil_rejections = _sorted(pupil_rejections, ("msg_index", "pupil_position"))
+    bad_pupil_key = _pupil_key(pupil_rejections.column("msg_index"), pupil_rejections.column("pupil_position"))
+    pupil_key = _pupil_key(raw_pupils.column("msg_index"), raw_pupils.column("pupil_position"))
+    pupil_ok = pc.invert(pc.is_in(pupil_key, value_set=bad_pupil_key))
+    pupils = pa.table({
+        "msg_index": raw_pupils.column("msg_index"),
+        "pupil_position": raw_pupils.column("pupil_position"),
+        **{name: (pupil_dates[name] if name in PUPIL_DATES else raw_pupils.column(name)) for name in PUPIL_TYPES},
+        "marks_in_pupil": raw_pupils.column("marks_in_pupil"),
+    }, schema=PUPILS_SCHEMA).filter(pupil_ok)
+
+    # Marks: of accepted pupils only (a rejected pupil's marks are dropped with it, unlisted).
+    mark_pupil_key = _pupil_key(raw_marks.column("msg_index"), raw_marks.column("pupil_position"))
+    accepted_key = _pupil_key(pupils.column("msg_index"), pupils.column("pupil_position"))
+    raw_marks = raw_marks.filter(pc.is_in(mark_pupil_key, value_set=accepted_key))
+    mark_cols = ("msg_index", "pupil_position", "mark_position")
+    mark_checks: list[pa.Table | None] = [
+        _filtered_rejections(raw_marks, pc.is_null(raw_marks.column(name)), "MARK_CONTRACT", name,
+                             f"{name}: missing or null", mark_cols, MARK_REJECTIONS_SCHEMA)
+        for name in MARK_TYPES
+    ]
+    mark_dates = parse_iso_dates(raw_marks.column("date"))
+    mark_checks.append(_filtered_rejections(raw_marks, pc.and_(pc.is_valid(raw_marks.column("date")),
+                                                               pc.is_null(mark_dates)),
+                                            "MARK_CONTRACT", "date", "date: not a YYYY-MM-DD date", mark_cols,
+                                            MARK_REJECTIONS_SCHEMA))
+    slow_mark_rejections = pa.Table.from_pylist(rows.mark_rejections, schema=MARK_REJECTIONS_SCHEMA)
+    slow_mark_rejections = slow_mark_rejections.filter(pc.is_in(
+        _pupil_key(slow_mark_rejections.column("msg_index"), slow_mark_rejections.column("pupil_position")),
+        value_set=accepted_key))
+    mark_rejections = _concat([slow_mark_rejections] + mark_checks, MARK_REJECTIONS_SCHEMA)
+    mark_rejections = _sorted(mark_rejections, ("msg_index", "pupil_position", "mark_position"))
+    mark_ok = pc.and_(pc.and_(pc.is_valid(mark_dates), pc.is_valid(raw_marks.column("session"))),
+                      pc.is_valid(raw_marks.column("code")))
+    marks = pa.table({
+        "msg_index": raw_marks.column("msg_index"),
+        "pupil_position": raw_marks.column("pupil_position"),
+        "mark_position": raw_marks.column("mark_position"),
+        "date": mark_dates,
+        "session": raw_marks.column("session"),
+        "code": raw_marks.column("code"),
+    }, schema=MARKS_SCHEMA).filter(mark_ok)
+
+    return DecodedBatch(
+        headers=headers,
+        pupils=pupils,
+        marks=marks,
+        message_rejections=message_rejections,
+        pupil_rejections=pupil_rejections,
+        mark_rejections=mark_rejections,
+        extra_fields_dropped=extra_fields_dropped,
+        slow_path_messages=len(slow),
+    )
+
+
+def _pupil_key(msg_index: pa.Array | pa.ChunkedArray, position: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One int64 per (message, pupil position), for set membership."""
+    return pc.add(pc.multiply(pc.cast(msg_index, pa.int64()), 2**31), pc.cast(position, pa.int64()))
+
+
+def _sorted(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    if table.num_rows < 2:
+        return table
+    return table.sort_by([(k, "ascending") for k in keys])
