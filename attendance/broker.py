@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
 import signal
@@ -211,6 +212,7 @@ def wait_until_ready(bootstrap: str, timeout_s: float, process: subprocess.Popen
     """Block until the broker answers a metadata request, or raise BrokerError."""
     from kafka import KafkaAdminClient  # local import: kafka-python is slow to import
 
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # refused connections are expected while it starts
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
         default=256, ge=1, description="Worker: most messages (chunks) judged and committed as one batch.")
     batch_max_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1, description="Worker: most message bytes in one batch (bounds memory).")
+    worker_max_consecutive_failures: int = Field(
+        default=5, ge=1, description="Worker: stop (exit 1) after this many failed batches in a row.")
     batch_max_latency_s: float = Field(
         default=1.0, gt=0, description="Worker: longest wait to fill a batch before committing what it has.")
 

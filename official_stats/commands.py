@@ -12,6 +12,22 @@ import pyarrow as pa
 from attendance.errors import UserFacingError
 from attendance.settings import get_settings
 from official_stats import contracts as _contracts  # noqa: F401  (registers the statistics tables)
+from official_stats.config import get_stats_config
+
+AGGREGATE_METRICS = (
+    "attendance_last_successful_aggregation",
+    "attendance_schools_submitted",
+    "attendance_schools_expected",
+)
+RELEASE_METRICS = ("attendance_release_status", "attendance_last_successful_publication")
+
+
+def _export_metrics(job: str, prefixes: tuple[str, ...]) -> None:
+    """Run-once commands export their own metrics (textfile / Pushgateway, when configured)."""
+    from attendance.http import export_run_once_metrics
+
+    for line in export_run_once_metrics(job, prefixes):
+        click.echo(line)
 
 
 def _date(value: str, name: str) -> dt.date:
@@ -97,6 +113,7 @@ def aggregate(day: str | None, full: bool, optouts: str) -> None:
         full=full,
     )
     click.echo(report.summary())
+    _export_metrics("attendance_aggregate", AGGREGATE_METRICS)
     if report.excluded_marks:
         click.echo(
             "marks not counted: "
@@ -112,7 +129,14 @@ def aggregate(day: str | None, full: bool, optouts: str) -> None:
     default=None,
     help="Write the EES files here instead of the embargo directory of the published zone.",
 )
-def publish(release_date: str, out: Path | None) -> None:
+@click.option(
+    "--now",
+    "immediately",
+    is_flag=True,
+    help="Ad hoc publication: include data up to and including the release date and, without --out, make "
+    "the files public at once instead of waiting for 09:30.",
+)
+def publish(release_date: str, out: Path | None, immediately: bool) -> None:
     """Write the release's EES CSV and .meta.csv files (disclosure-controlled, screened)."""
     from official_stats import release as rel
     from official_stats.publication import build_release, write_release
@@ -120,7 +144,7 @@ def publish(release_date: str, out: Path | None) -> None:
     release = _date(release_date, "--release")
     lake_uri = get_settings().lake_uri
     if out is not None:
-        built = build_release(lake_uri, release)
+        built = build_release(lake_uri, release, include_release_date=immediately)
         for path in write_release(built, out):
             click.echo(path)
         click.echo(
@@ -128,8 +152,13 @@ def publish(release_date: str, out: Path | None) -> None:
             f"({built.secondary_suppressed_rows} secondary)"
         )
         return
-    outcome = rel.prepare(lake_uri, release, rel.utc_now())
+    now = rel.utc_now()
+    outcome = rel.prepare(lake_uri, release, now, include_release_date=immediately)
     click.echo(f"{release}: {'; '.join(outcome.messages)} -> {outcome.directory}")
+    if immediately:
+        outcome = rel.publish(lake_uri, release, now, not_before_release_time=False)
+        click.echo(f"{release}: {'; '.join(outcome.messages)} -> {outcome.directory}")
+    _export_metrics("attendance_publish", RELEASE_METRICS)
 
 
 @click.command("release")
@@ -140,6 +169,7 @@ def release_now(release_date: str) -> None:
 
     outcome = rel.publish(get_settings().lake_uri, _date(release_date, "--release"), rel.utc_now())
     click.echo(f"{outcome.release}: {'; '.join(outcome.messages)} -> {outcome.directory}")
+    _export_metrics("attendance_release", RELEASE_METRICS)
     if outcome.status == rel.INCOMPLETE:
         raise UserFacingError("the release is incomplete (see alerts.jsonl in the published zone)")
 
@@ -166,14 +196,28 @@ def scheduler(releases: tuple[str, ...], once: bool, aggregate_first: bool, opto
         if aggregate_first:
             run_aggregation(lake_uri, optouts=load_optouts(optouts))
 
+    settings = get_settings()
+    server, heartbeat = None, None
+    if settings.metrics_port and not once:
+        from attendance.http import Readiness, start_http_server
+
+        readiness = Readiness(
+            needs_partitions=False, heartbeat_timeout_s=4 * get_stats_config().scheduler_tick_seconds
+        )
+        server, heartbeat = start_http_server(settings.metrics_port, readiness), readiness.heartbeat
     loop = rel.ReleaseScheduler(
-        lake_uri, [_date(r, "--release") for r in releases], before_prepare=before_prepare
+        lake_uri, [_date(r, "--release") for r in releases], before_prepare=before_prepare, on_tick=heartbeat
     )
-    if once:
-        for outcome in loop.tick():
-            click.echo(f"{outcome.release}: status {outcome.status}: {'; '.join(outcome.messages)}")
-        return
-    asyncio.run(loop.run())
+    try:
+        if once:
+            for outcome in loop.tick():
+                click.echo(f"{outcome.release}: status {outcome.status}: {'; '.join(outcome.messages)}")
+            _export_metrics("attendance_scheduler", RELEASE_METRICS)
+            return
+        asyncio.run(loop.run())
+    finally:
+        if server is not None:
+            server.stop()
 
 
 @click.command("screen")

@@ -313,11 +313,16 @@ class Reference:
     optouts: pl.DataFrame | None
 
 
-def _extracts_for(lake: Lake, extract_ids: pl.Series) -> pl.DataFrame:
+def _extracts_for(lake: Lake, extract_ids: pl.Series, earliest: dt.date | None = None) -> pl.DataFrame:
+    """Status of the given extracts. A mark is carried by an extract taken on or after its day, so
+    ``earliest`` (the earliest mark date) lets row-group statistics skip older extracts."""
     ids = extract_ids.unique().drop_nulls().to_list()
     if not ids:
         return pl.DataFrame(schema={"extract_id": pl.String, "status": pl.String})
-    return lake.read(table("extracts"), ["extract_id", "status"], ds.field("extract_id").isin(ids))
+    predicate = ds.field("extract_id").isin(ids)
+    if earliest is not None:
+        predicate = (ds.field("extract_date") >= pa.scalar(earliest, pa.date32())) & predicate
+    return lake.read(table("extracts"), ["extract_id", "status"], predicate)
 
 
 @dataclass
@@ -333,7 +338,7 @@ def recompute_day(
     marks = lake.read(
         table("attendance_sessions"), _SESSION_COLUMNS, _date_filter(day), version=sessions_version
     )
-    extracts = _extracts_for(lake, marks["extract_id"])
+    extracts = _extracts_for(lake, marks["extract_id"], day)
     result = scope.apply_scope(
         marks,
         extracts=extracts,
@@ -531,6 +536,10 @@ def pa_inputs(lake: Lake, year: int, schools: pl.DataFrame) -> tuple[pl.DataFram
     return by_term, ytd
 
 
+#: What period rows are built from: the Day rows' dimensions, counts and daily means (not their rates).
+_DAY_COLUMNS = [*views.VIEW_DIMENSIONS, *COUNT_COLUMNS, *views.PUPIL_COUNT_COLUMNS]
+
+
 def recompute_periods(
     lake: Lake, touched: Iterable[dt.date], schools: pl.DataFrame, all_weeks: bool = False
 ) -> tuple[list[dt.date], list[int]]:
@@ -546,7 +555,7 @@ def recompute_periods(
             & (ds.field("period_start") >= pa.scalar(first, pa.date32()))
             & (ds.field("period_start") <= pa.scalar(last, pa.date32()))
         )
-        days = lake.read(contracts.VIEWS, filter=day_filter)
+        days = lake.read(contracts.VIEWS, _DAY_COLUMNS, filter=day_filter)
         school_days = lake.read(
             contracts.SCHOOL_DAILY,
             ["date", "urn", "education_phase", *scope.GEOGRAPHY_COLUMNS],
@@ -659,7 +668,9 @@ def run_aggregation(
         since = None if previous is None else previous["sessions_version"]
         dates = changed_dates(lake, table("attendance_sessions"), since, sessions_version)
         if pending.height:
-            now_complete = _extracts_for(lake, pending["extract_id"]).filter(pl.col("status") == "complete")
+            now_complete = _extracts_for(lake, pending["extract_id"], pending["date"].min()).filter(
+                pl.col("status") == "complete"
+            )
             dates |= set(pending.join(now_complete, on="extract_id", how="semi")["date"].to_list())
         if previous is not None:
             start = optout_change_start(previous["optouts_fingerprint"], fingerprint, config.timezone)
@@ -696,21 +707,14 @@ def run_aggregation(
     timings["periods"] = time.monotonic() - mark
     mark = time.monotonic()
 
+    # pending = earlier entries for days not recomputed now + what this run held back
     kept = pending.filter(~pl.col("date").is_in(sorted(dates))) if pending.height else pending
     fresh = (
         pl.concat(new_pending).with_columns(pl.lit(now).alias("first_seen_at"))
         if new_pending
         else pl.DataFrame(schema={"extract_id": pl.String, "urn": pl.String, "date": pl.Date})
     )
-    if fresh.height and kept.height:
-        fresh = fresh.join(
-            kept.select("extract_id", "date", pl.col("first_seen_at").alias("_seen")),
-            on=["extract_id", "date"],
-            how="left",
-        )
-    all_pending = (
-        pl.concat([kept, fresh.drop("_seen", strict=False)], how="diagonal_relaxed") if fresh.height else kept
-    )
+    all_pending = pl.concat([kept, fresh], how="diagonal_relaxed") if fresh.height else kept
     cutoff = (now - dt.timedelta(days=config.pending_extract_max_age_days)).date()
     if all_pending.height:
         all_pending = all_pending.filter(pl.col("date") >= cutoff).unique(["extract_id", "date"])

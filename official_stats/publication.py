@@ -62,10 +62,13 @@ def build_release(
     release_date: dt.date,
     rules: DisclosureRules | None = None,
     storage_options: dict[str, str] | None = None,
+    include_release_date: bool = False,
 ) -> BuiltRelease:
+    """The release's files: data up to the latest aggregated day before ``release_date`` (on or before it
+    with ``include_release_date``, for an ad hoc publication)."""
     rules = rules or DisclosureRules.from_config()
     lake = Lake(lake_uri, storage_options)
-    data_end = latest_day(lake, release_date)
+    data_end = latest_day(lake, release_date + dt.timedelta(days=1) if include_release_date else release_date)
     if data_end is None:
         raise UserFacingError(
             f"no aggregated attendance before {release_date}: run `attendance aggregate` first"

@@ -172,6 +172,7 @@ def prepare(
     config: StatsConfig | None = None,
     rules: DisclosureRules | None = None,
     storage_options: dict[str, str] | None = None,
+    include_release_date: bool = False,
 ) -> ReleaseOutcome:
     """Build, screen and place the release's files under embargo (idempotent)."""
     from official_stats.publication import build_release, write_release
@@ -185,7 +186,9 @@ def prepare(
     if embargo.is_dir() and not verify(embargo):
         metrics.RELEASE_STATUS.set(EMBARGOED)
         return ReleaseOutcome(release, EMBARGOED, embargo, ["already prepared"])
-    built = build_release(lake_uri, release, rules, storage_options)
+    built = build_release(
+        lake_uri, release, rules, storage_options, include_release_date=include_release_date
+    )
     staging = embargo.parent / f".{release.isoformat()}.{uuid.uuid4().hex}.tmp"
     staging.mkdir(parents=True)
     try:
@@ -234,15 +237,23 @@ def _alert(paths: ReleasePaths, release: dt.date, status: int, now: dt.datetime,
 
 
 def publish(
-    lake_uri: str, release: dt.date, now: dt.datetime, *, config: StatsConfig | None = None
+    lake_uri: str,
+    release: dt.date,
+    now: dt.datetime,
+    *,
+    config: StatsConfig | None = None,
+    not_before_release_time: bool = True,
 ) -> ReleaseOutcome:
     """Make the embargoed files public (at or after release time), verify them, set the release metrics.
 
-    Idempotent: a release already public and intact is left as it is.
+    Idempotent: a release already public and intact is left as it is. ``not_before_release_time=False``
+    is for an ad hoc publication (``attendance publish --now``): public at once, never reported late.
     """
     config = config or get_stats_config()
     paths = ReleasePaths.for_lake(lake_uri)
     at = release_at(release, config)
+    if not not_before_release_time:
+        at = min(at, now)
     if now < at:
         raise ReleaseError(f"release {release} is embargoed until {at.isoformat()} (now {now.isoformat()})")
     public, embargo = paths.public(release), paths.embargo(release)
@@ -410,6 +421,7 @@ class ReleaseScheduler:
         config: StatsConfig | None = None,
         rules: DisclosureRules | None = None,
         before_prepare: Callable[[], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
     ):
         self.lake_uri = lake_uri
         self.config = config or get_stats_config()
@@ -418,6 +430,7 @@ class ReleaseScheduler:
         self.releases = sorted(set(releases))
         self.clock, self.sleep, self.rules = clock, sleep, rules
         self.before_prepare = before_prepare
+        self.on_tick = on_tick  # e.g. the ops server's heartbeat
         self.done: dict[dt.date, ReleaseOutcome] = {}
         self._reported_missing: set[dt.date] = set()
         self.events: list[ReleaseOutcome] = []
@@ -428,6 +441,8 @@ class ReleaseScheduler:
     def tick(self) -> list[ReleaseOutcome]:
         """One pass: prepare what is due, publish what is due. Returns what happened."""
         now = self.clock()
+        if self.on_tick is not None:
+            self.on_tick()
         happened: list[ReleaseOutcome] = []
         paths = ReleasePaths.for_lake(self.lake_uri)
         for release in self.pending():

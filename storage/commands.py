@@ -155,6 +155,9 @@ def _table_section(contract: TableContract) -> list[str]:
 
 def render_dictionary() -> str:
     """docs/tables.md: the tables (from storage.tables) followed by how they are written and destroyed."""
+    from storage.lake import load_all_contracts
+
+    load_all_contracts()
     lines = [
         "# Data dictionary: the Delta tables",
         "",
@@ -239,7 +242,11 @@ Pupil-level tables (marked above) are destroyed in two ways, both with `attendan
   (1 September to 31 August) is kept until 31 August N years later, and destroyed from the next day.
   N is set per table (`storage/destruction.py`: sessions and pupils 3, quarantine 1, placeholders until
   the retention schedule is agreed). Rows are dated by `date` (sessions), `generated_at` (pupils: re-dated
-  by every extract that carries the pupil, so a pupil on roll is never destroyed) and `quarantined_at`.
+  by every extract that carries the pupil, so a pupil on roll is never destroyed) and `quarantined_at`
+  (quarantine); other pupil-level tables by the first of `date`, `academic_year_start`, `generated_at`
+  they have.
+
+Both cover every pupil-level table, including those other packages declare (statistics, pseudonymised).
 
 A Delta `DELETE` only writes a new version; the old Parquet files would still be readable by time travel.
 So each destruction is followed by a **vacuum with zero retention**: the files that held the rows are

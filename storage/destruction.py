@@ -117,7 +117,7 @@ def _retention_column(contract: TableContract, configured: Mapping[str, str]) ->
     return next((name for name in _FALLBACK_DATE_COLUMNS if name in contract.schema.names), None)
 
 
-def _retention_predicate(contract: TableContract, column: str, cutoff: date) -> str:
+def retention_predicate(contract: TableContract, column: str, cutoff: date) -> str:
     kind = contract.schema.field(column).type
     if pa.types.is_integer(kind):  # an academic year by its starting calendar year: Y means Y/Y+1
         return f"{column} <= {cutoff.year - 1}"
@@ -130,9 +130,8 @@ def _retention_predicate(contract: TableContract, column: str, cutoff: date) -> 
 
 def pupil_level_tables() -> list[TableContract]:
     """Every pupil-level table contract, including those other packages declare with
-    ``storage.tables.register`` (their modules are imported through the CLI's command modules)."""
-    import attendance.cli  # noqa: F401  - imports every area's commands, which register their tables
-
+    ``storage.tables.register`` (``storage.lake.TABLE_MODULES``)."""
+    lake.load_all_contracts()
     return [contract for contract in TABLES.values() if contract.pupil_level]
 
 
@@ -187,7 +186,7 @@ def apply_retention(lake_uri: str, today: date, retention_years: int | Mapping[s
             years = dict(retention_years or {}).get(
                 contract.name, RETENTION_YEARS_BY_TABLE.get(contract.name, DEFAULT_RETENTION_YEARS))
         cutoff = retention_cutoff(today, years)
-        predicate = _retention_predicate(contract, column, cutoff)
+        predicate = retention_predicate(contract, column, cutoff)
         reason = (f"retention: data of academic years ending on or before {cutoff.isoformat()} "
                   f"kept {years} year(s) after 31 August")
         record = _destroy(contract, lake_uri, storage_options, predicate, orphan_grace_hours,
@@ -248,7 +247,9 @@ def verify_destroyed(urn: str, lake_uri: str, storage_options: Mapping[str, str]
             continue
         delta = lake.open_table(contract, lake_uri, storage_options)
         if delta is not None:
-            current = delta.to_pyarrow_dataset().to_table(columns=["urn"], filter=pc.field("urn") == urn)
+            # cast: files rewritten by MERGE hold string_view (see storage.lake.read_table)
+            matching = pc.field("urn").cast(pa.string()) == urn
+            current = delta.to_pyarrow_dataset().to_table(columns=["urn"], filter=matching)
             rows_remaining[contract.name] = current.num_rows
         fs, _ = lake.filesystem(contract.path(lake_uri), storage_options)
         for path in lake.data_files(contract.path(lake_uri), storage_options):

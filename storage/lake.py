@@ -19,6 +19,7 @@ explicitly, so that a change of library default cannot silently turn it off, and
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -129,7 +130,13 @@ def read_table(contract: TableContract, lake_uri: str, filter: Any = None,
                columns: list[str] | None = None, storage_options: Mapping[str, str] | None = None,
                version: int | None = None) -> pa.Table:
     """The table's current rows (or at ``version``) as Arrow; an empty table with the contract's schema
-    when it does not exist. ``filter``: a ``pyarrow.compute`` expression (``pc.field("urn") == "100000"``)."""
+    when it does not exist. ``filter``: a ``pyarrow.compute`` expression (``pc.field("urn") == "100000"``).
+
+    Files rewritten by a delta-rs MERGE store strings as Arrow ``string_view``; pyarrow cannot compare a
+    ``string_view`` column with a ``string`` literal while pruning, so such a filter is applied after
+    reading instead (same rows, more I/O). Write ``pc.field("urn").cast(pa.string()) == ...`` to keep
+    the pushdown.
+    """
     opts = dict(storage_options or {})
     try:
         delta = DeltaTable(contract.path(lake_uri), version=version, storage_options=opts)
@@ -137,8 +144,13 @@ def read_table(contract: TableContract, lake_uri: str, filter: Any = None,
         empty = contract.schema.empty_table()
         return empty.select(columns) if columns else empty
     dataset = delta.to_pyarrow_dataset()
-    table = dataset.to_table(columns=columns, filter=filter)
-    return table
+    if filter is None:
+        return dataset.to_table(columns=columns)
+    try:
+        return dataset.to_table(columns=columns, filter=filter)
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        table = dataset.to_table().filter(filter)
+        return table.select(columns) if columns else table
 
 
 def conform(data: pa.Table, contract: TableContract,
@@ -211,3 +223,18 @@ def data_files(uri: str, storage_options: Mapping[str, str] | None = None) -> li
         if info.type == pafs.FileType.File and info.path.endswith(".parquet")
         and "/_delta_log/" not in info.path and not info.path.split("/")[-1].startswith(("_", "."))
     )
+
+
+#: Modules that declare tables with ``storage.tables.register``. Destruction and the data dictionary must
+#: see every table, not only those some earlier import happened to register.
+TABLE_MODULES = ("official_stats.contracts", "access.pseudonymise", "access.audit", "dq.report")
+
+
+def load_all_contracts() -> None:
+    """Import every module that registers table contracts (missing modules are skipped)."""
+    for name in TABLE_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not name.startswith(exc.name):
+                raise

@@ -100,11 +100,14 @@ class DeltaCommitError(RuntimeError):
 
 
 def _is_conflict(exc: BaseException) -> bool:
+    """A commit lost to a concurrent writer, or a read of files a concurrent destruction vacuumed away
+    (``storage.destruction`` vacuums with zero retention): both succeed when retried on a fresh snapshot."""
     if isinstance(exc, CommitFailedError):
         return True
-    if isinstance(exc, DeltaError):  # e.g. "Transaction failed: ... concurrent ..." from some operations
+    if isinstance(exc, DeltaError | OSError):
         text = str(exc).lower()
-        return "concurrent" in text or "conflict" in text or "version already exists" in text
+        return any(sign in text for sign in (
+            "concurrent", "conflict", "version already exists", "not found", "no such file"))
     return False
 
 

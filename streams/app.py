@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,9 @@ from faust.types import TP
 from attendance import metrics
 from attendance.broker import bootstrap_servers
 from attendance.settings import Settings
-from storage.lake import storage_options
+from storage.lake import ensure_table, storage_options
 from storage.sink import DeltaSink
+from storage.tables import ATTENDANCE_SESSIONS, DESTRUCTION_LOG, EXTRACTS, OPTOUT_AUDIT, PUPILS, QUARANTINE
 from streams.optouts import OptOutRegister
 from streams.processor import BatchOutcome, BatchProcessor, ProcessorConfig, RawRecord
 
@@ -53,6 +53,8 @@ class ExtractWorker:
         self.until_drained = until_drained
         self.bootstrap = bootstrap_servers(settings)
         self.sink = DeltaSink(settings.lake_uri, storage_options(settings), app_id_prefix="attendance-sink")
+        for contract in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, DESTRUCTION_LOG):
+            ensure_table(contract, settings.lake_uri, storage_options(settings))  # analysts find every table
         self.processor = BatchProcessor(read_register(settings.lake_uri), ProcessorConfig(
             max_age_days=settings.extract_max_age_days,
             amendment_window_school_days=settings.amendment_window_school_days,
@@ -66,6 +68,9 @@ class ExtractWorker:
         self.app = self._build_app()
         self.worker: faust.Worker | None = None
         self.drained = asyncio.Event()
+        self.assignment_ready = asyncio.Event()
+        self.consecutive_failures = 0
+        self.failure: Exception | None = None
         from attendance.http import Readiness
 
         self.readiness = Readiness()
@@ -99,11 +104,18 @@ class ExtractWorker:
         async def ingest_extracts(stream: faust.StreamT) -> None:
             async for events in stream.take_events(settings.batch_max_messages,
                                                    within=settings.batch_max_latency_s):
-                await self.handle([
+                records = [
                     RawRecord(e.message.topic, e.message.partition, e.message.offset,
                               int((e.message.timestamp or time.time()) * 1000), e.message.key, e.message.value)
                     for e in events
-                ])
+                ]
+                for part in _split_by_bytes(records, settings.batch_max_bytes):
+                    try:
+                        await self.handle(part)
+                        self.consecutive_failures = 0
+                    except Exception as exc:  # noqa: BLE001 - nothing committed: seek back and retry
+                        await self.on_batch_failed(exc)
+                        break
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
@@ -113,6 +125,8 @@ class ExtractWorker:
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
             owned = {(tp.topic, tp.partition) for tp in revoked if tp.topic == settings.topic_extracts}
             self.state.assigned -= owned
+            for _, partition in owned:
+                metrics.CONSUMER_LAG.remove(str(partition))
             self.processor.assembler.drop_partitions(owned)
             metrics.WORKER_ASSIGNED_PARTITIONS.set(len(self.state.assigned))
 
@@ -124,6 +138,7 @@ class ExtractWorker:
 
     async def on_assigned(self, assigned: set[TP]) -> None:
         """Move each newly owned partition to the offset Delta holds (not Kafka's group offset)."""
+        self.assignment_ready.clear()
         mine = {tp for tp in assigned if tp.topic == self.settings.topic_extracts}
         resume: dict[TP, int] = {}
         loop = asyncio.get_running_loop()
@@ -140,9 +155,12 @@ class ExtractWorker:
                 highwaters = await self.app.consumer.highwaters(*resume)
                 self.state.end_offsets = {(tp.topic, tp.partition): hw for tp, hw in highwaters.items()}
         metrics.WORKER_ASSIGNED_PARTITIONS.set(len(self.state.assigned))
+        self.assignment_ready.set()
+        self.state.last_batch_at = time.monotonic()
         log.info("assigned %d extract partitions; resuming from Delta offsets", len(mine))
 
     async def handle(self, records: Sequence[RawRecord]) -> None:
+        await self.assignment_ready.wait()  # never judge records before Delta's offsets are known
         async with self._lock:
             fresh = self._in_sequence(records)
             if not fresh:
@@ -160,12 +178,51 @@ class ExtractWorker:
             result = await loop.run_in_executor(None, self.sink.write_batch, outcome.sink)
             for tp in {r.tp for r in fresh}:
                 self.state.next_offset[tp] = max(r.offset for r in fresh if r.tp == tp) + 1
+            # Mirror Delta's offsets into the group (for lag tools, and so Faust's seek-to-committed on the
+            # next assignment starts near the right place); Delta stays the truth.
+            committed = {TP(t, p): o + 1 for (t, p), o in outcome.sink.offsets.items() if (t, p) in self.state.assigned}
+            if committed and not result.replay_skipped:
+                await self.app.consumer._commit(committed)
             self._observe(outcome, time.perf_counter() - started, len(fresh))
             self.state.batches += 1
             self.state.last_batch_at = time.monotonic()
             log.info("batch: %d messages, %d pupils accepted, %d marks accepted, offsets %s (%s)",
                      len(fresh), outcome.pupils_accepted, outcome.marks_accepted,
                      dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
+
+    async def _unstall(self, highwaters: dict[TP, int]) -> None:
+        """A partition with unprocessed records and nothing arriving for a while is re-seeked to where
+        Delta says it stands. This covers Faust's own seek-to-committed landing past Delta's offset, and
+        consumers that stop fetching (faust-streaming#175, #629)."""
+        idle = time.monotonic() - self.state.last_batch_at
+        if idle < self.settings.batch_max_latency_s * 3 + 2 or self._lock.locked() or not self.assignment_ready.is_set():
+            return
+        for tp, hw in highwaters.items():
+            want = self.state.next_offset.get((tp.topic, tp.partition))
+            if want is not None and want < hw:
+                log.info("partition %s[%d] idle at %d with %d unprocessed: seeking", tp.topic, tp.partition, want,
+                         hw - want)
+                await self.app.consumer.seek(tp, want)
+        self.state.last_batch_at = time.monotonic()
+
+    async def on_batch_failed(self, exc: Exception) -> None:
+        """Nothing of the batch was committed (the offsets commit is last): re-read it, or give up."""
+        self.consecutive_failures += 1
+        log.error("batch failed (%d in a row): %s: %s", self.consecutive_failures, type(exc).__name__, exc,
+                  exc_info=exc if self.consecutive_failures == 1 else None)
+        # Forget held chunks and re-read everything Delta has not committed (held chunks included).
+        self.processor.assembler.pending.clear()
+        loop = asyncio.get_running_loop()
+        for topic, partition in sorted(self.state.assigned):
+            committed = await loop.run_in_executor(None, self.sink.committed_offset, topic, partition)
+            resume = 0 if committed is None else committed + 1
+            self.state.next_offset[(topic, partition)] = resume
+            await self.app.consumer.seek(TP(topic, partition), resume)
+        if self.consecutive_failures >= self.settings.worker_max_consecutive_failures:
+            self.failure = exc
+            self.drained.set()  # stops the worker; run_worker exits non-zero
+        else:
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** self.consecutive_failures))
 
     def _in_sequence(self, records: Sequence[RawRecord]) -> list[RawRecord]:
         """Drop records before the expected offset (replays); on a gap, seek back and drop the rest."""
@@ -232,8 +289,9 @@ class ExtractWorker:
                     metrics.CONSUMER_LAG.labels(partition=str(tp.partition)).set(lag)
                     total += lag
                 self.readiness.set_lag(total)
-            except Exception:  # noqa: BLE001 - lag is best effort; never stop the worker over it
-                log.debug("could not read highwaters", exc_info=True)
+                await self._unstall(highwaters)
+            except Exception:  # noqa: BLE001 - best effort; never stop the worker over it
+                log.debug("could not check for stalled partitions", exc_info=True)
         if self.until_drained and self.state.assigned and self.state.end_offsets:
             caught_up = all(self.state.next_offset.get(tp, 0) >= end for tp, end in self.state.end_offsets.items())
             if caught_up and not self._lock.locked():
@@ -250,13 +308,11 @@ def run_worker(settings: Settings, *, until_drained: bool = False, loglevel: str
     if settings.metrics_port:
         start_http_server(settings.metrics_port, worker_state.readiness)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False,
-                          override_logging=False, daemon=False)
+                          override_logging=False)
     worker_state.worker = worker
 
     @app.task
     async def stop_when_drained() -> None:
-        if not until_drained:
-            return
         await worker_state.drained.wait()
         await asyncio.sleep(0)
         await worker.stop()
@@ -264,7 +320,23 @@ def run_worker(settings: Settings, *, until_drained: bool = False, loglevel: str
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
-    finally:
-        os.environ.pop("FAUST_LOOP", None)
-    return 0
+        code = int(exc.code or 0)
+    else:
+        code = 0
+    if worker_state.failure is not None:
+        log.error("worker stopped after repeated batch failures: %s", worker_state.failure)
+        return 1
+    return code
+
+
+def _split_by_bytes(records: list[RawRecord], max_bytes: int) -> list[list[RawRecord]]:
+    """Bound a batch's memory: consecutive parts of at most ``max_bytes`` of message values each."""
+    parts: list[list[RawRecord]] = [[]]
+    size = 0
+    for record in records:
+        if parts[-1] and size + len(record.value) > max_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(record)
+        size += len(record.value)
+    return parts

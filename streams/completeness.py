@@ -53,6 +53,8 @@ class ExtractAssembler:
         entry = self.pending.get(chunk.extract_id)
         if entry is None:
             entry = self.pending[chunk.extract_id] = PendingExtract(chunk.extract_id, chunk.chunk_count)
+        if any(c.tp == chunk.tp and c.offset == chunk.offset for c in entry.chunks):
+            return None  # the same message delivered again (a re-read): already held
         entry.chunks.append(chunk)
         if entry.resolvable():
             return self.pending.pop(chunk.extract_id)

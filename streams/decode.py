@@ -30,6 +30,9 @@ Nothing here logs, and no detail ever quotes a value from a pupil: details name 
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -166,7 +169,10 @@ _FLAT_MARK = pa.schema(
 )
 
 _JSON_WHITESPACE = b" \t\n\r"
-_MAX_BLOCK_BYTES = 1 << 30  # Arrow's block size is an int32; one block per parse keeps rows = messages
+#: Bytes of messages per Arrow parse: big enough that the ~0.25 ms cost of a call is small, small enough that a
+#: faulty message costs little to isolate (and below Arrow's int32 block size: one block per call keeps
+#: rows = messages).
+_BLOCK_BYTES = 2 << 20
 _ROW_HINT = re.compile(r"in row (\d+)")
 _SCAN_SLICE_BYTES = 4 << 20  # bytes of raw messages per numpy pass in _count_keys
 _VALIDATOR = msgspec.json.Decoder(msgspec.Raw)  # strict JSON, nesting-limited, builds nothing
@@ -217,7 +223,7 @@ def _is_utf8(message: bytes) -> bool:
 
 
 def _count_valued_keys(document: Any) -> int:
-    """Keys with a non-null value anywhere in a decoded document (iterative: documents may nest deeply)."""
+    """Keys with a non-null value anywhere inside a decoded value (iterative: values may nest deeply)."""
     count = 0
     stack = [document]
     while stack:
@@ -233,23 +239,57 @@ def _count_valued_keys(document: Any) -> int:
     return count
 
 
+_HEADER_KEYS = frozenset((*HEADER_FIELDS, "pupils"))
+_PUPIL_KEYS = frozenset(PUPIL_FIELDS)
+_MARK_KEYS = frozenset(MARK_FIELDS)
+_ALLOWED_TYPES = {_STR: {str, type(None)}, _BOOL: {bool, type(None)}}
+
+
 @dataclass
 class _Rows:
-    """Accumulators for the slow path (plain Python rows, built into tables once)."""
+    """What the slow path produced: Arrow tables per message, and rejection rows."""
 
     headers: list[dict] = field(default_factory=list)
-    pupils: list[dict] = field(default_factory=list)
-    marks: list[dict] = field(default_factory=list)
+    pupils: list[pa.Table] = field(default_factory=list)
+    marks: list[pa.Table] = field(default_factory=list)
     message_rejections: list[dict] = field(default_factory=list)
     pupil_rejections: list[dict] = field(default_factory=list)
     mark_rejections: list[dict] = field(default_factory=list)
+    #: (level, field) -> positions of records whose field had the wrong JSON type: nulled in the tables, so
+    #: the shared checks must not call it missing as well. Positions: (msg,), (msg, pupil), (msg, pupil, mark).
+    type_faults: dict[tuple[str, str], set[tuple[int, ...]]] = field(default_factory=dict)
 
     def reject_message(self, msg_index: int, code: str, field_name: str, detail: str) -> None:
         self.message_rejections.append(
             {"msg_index": msg_index, "reason_code": code, "field": field_name, "detail": detail})
 
 
-# --- slow path: one message, in Python, naming every faulty field ------------------------------------------
+def _extra_values_in(records: list[dict], contract: frozenset[str]) -> int:
+    """Out-of-contract keys with a value in ``records``, and the keys carrying a value inside them."""
+    outside = [keys for keys in map(operator.sub, map(dict.keys, records), itertools.repeat(contract)) if keys]
+    count = 0
+    for record, keys in zip((r for r in records if r.keys() - contract), outside, strict=True):
+        count += _count_valued_keys({name: record[name] for name in keys})
+    return count
+
+
+def _typed_columns(records: list[dict], types: dict[str, str]) -> tuple[dict[str, list], dict[int, list[str]]]:
+    """Each field as a Python list (C-level gathers), and per record position the fields of a wrong type."""
+    columns: dict[str, list] = {}
+    faults: dict[int, list[str]] = {}
+    for name, want in types.items():
+        column = list(map(operator.methodcaller("get", name), records))
+        if not set(map(type, column)) <= _ALLOWED_TYPES[want]:
+            for position, value in enumerate(column):
+                if value is not None and type(value) not in _ALLOWED_TYPES[want]:
+                    faults.setdefault(position, []).append(
+                        f"{name}: expected a {want}, got {_json_type(value)}")
+                    column[position] = None
+        columns[name] = column
+    return columns, faults
+
+
+# --- slow path: one message with orjson, naming every faulty field --------------------------------------------
 
 
 def _json_error_detail(exc: orjson.JSONDecodeError) -> str:
@@ -259,118 +299,130 @@ def _json_error_detail(exc: orjson.JSONDecodeError) -> str:
     return f"(message): not valid JSON: {text}"
 
 
-def _decode_slow(msg_index: int, message: bytes, rows: _Rows) -> int:
-    """Decode one (UTF-8) message the careful way; return its extra-field count (0 when rejected whole)."""
+def _decode_slow(msg_index: int, message: bytes, rows: _Rows) -> None:
+    """Decode one (UTF-8) message the careful way: reject it whole for a structural fault, else keep every
+    record whose fields have the contract's JSON types and reject the others by name. Column-wise in
+    Python (one list per field, gathered by C-level iteration), then straight to Arrow."""
     try:
         document = orjson.loads(message)
     except orjson.JSONDecodeError as exc:
         rows.reject_message(msg_index, "MSG_NOT_JSON", "(message)", _json_error_detail(exc))
-        return 0
+        return
     if not isinstance(document, dict):
         rows.reject_message(msg_index, "MSG_CONTRACT", "(top level)",
                             f"(top level): expected a JSON object, got {_json_type(document)}")
-        return 0
+        return
+    header = {name: document.get(name) for name in HEADER_FIELDS}
     faults: list[tuple[str, str]] = []
     for name, want in HEADER_TYPES.items():
-        detail = _type_fault(name, want, document.get(name))
+        detail = _type_fault(name, want, header[name])
         if detail:
             faults.append((name, detail))
+            header[name] = None
+            rows.type_faults.setdefault(("header", name), set()).add((msg_index,))
     pupils = document.get("pupils")
+    sessions: list = []
     if not isinstance(pupils, list):
         faults.append(("pupils", "pupils: missing or not a list"))
+        pupils = []
     else:
-        for position, pupil in enumerate(pupils):
-            if not isinstance(pupil, dict):
+        sessions = [p.get("sessions") if type(p) is dict else [] for p in pupils]
+        for position, (pupil, marks) in enumerate(zip(pupils, sessions, strict=True)):
+            if type(pupil) is not dict:
                 faults.append(("pupils", f"pupils.{position}: expected an object"))
-                continue
-            sessions = pupil.get("sessions")
-            if not isinstance(sessions, list):
+            elif type(marks) is not list:
                 faults.append(("pupils.sessions", f"pupils.{position}.sessions: missing or not a list"))
-                continue
-            for mark_position, mark in enumerate(sessions):
-                if not isinstance(mark, dict):
-                    faults.append(("pupils.sessions",
-                                   f"pupils.{position}.sessions.{mark_position}: expected an object"))
-    if faults:
-        for name, detail in faults:
-            rows.reject_message(msg_index, "MSG_CONTRACT", name, detail)
-        return 0
-
-    contract_values = sum(document.get(name) is not None for name in HEADER_FIELDS) + 1  # + "pupils"
-    marks_in_message = 0
-    for position, pupil in enumerate(pupils):
-        sessions = pupil["sessions"]
-        marks_in_message += len(sessions)
-        contract_values += sum(pupil.get(name) is not None for name in PUPIL_FIELDS)
-        contract_values += sum(mark.get(name) is not None for mark in sessions for name in MARK_FIELDS)
-        pupil_faults = [(name, detail) for name, want in PUPIL_TYPES.items()
-                        if (detail := _type_fault(name, want, pupil.get(name)))]
-        if pupil_faults:
-            rows.pupil_rejections.extend(
-                {"msg_index": msg_index, "pupil_position": position, "reason_code": "PUPIL_CONTRACT",
-                 "field": name, "detail": detail} for name, detail in pupil_faults)
-            continue
-        row = {name: pupil.get(name) for name in PUPIL_TYPES}
-        row.update(msg_index=msg_index, pupil_position=position, marks_in_pupil=len(sessions))
-        rows.pupils.append(row)
-        for mark_position, mark in enumerate(sessions):
-            mark_faults = [(name, detail) for name, want in MARK_TYPES.items()
-                           if (detail := _type_fault(name, want, mark.get(name)))]
-            if mark_faults:
-                rows.mark_rejections.extend(
-                    {"msg_index": msg_index, "pupil_position": position, "mark_position": mark_position,
-                     "reason_code": "MARK_CONTRACT", "field": name, "detail": detail}
-                    for name, detail in mark_faults)
-                continue
-            rows.marks.append({"msg_index": msg_index, "pupil_position": position,
-                               "mark_position": mark_position, **{name: mark.get(name) for name in MARK_TYPES}})
-    extra = _count_valued_keys(document) - contract_values
-    header = {name: document.get(name) for name in HEADER_FIELDS}
-    header.update(msg_index=msg_index, pupils_in_message=len(pupils), marks_in_message=marks_in_message,
-                  extra_fields=extra)
+            elif not all(type(mark) is dict for mark in marks):
+                faults.extend(("pupils.sessions", f"pupils.{position}.sessions.{mark_position}: expected an object")
+                              for mark_position, mark in enumerate(marks) if type(mark) is not dict)
+    for name, detail in faults:
+        rows.reject_message(msg_index, "MSG_CONTRACT", name, detail)
+    structure_ok = not any(name.startswith("pupils") for name, _ in faults)
+    marks = list(itertools.chain.from_iterable(sessions)) if structure_ok else []
+    extra = (_extra_values_in([document], _HEADER_KEYS) + _extra_values_in(pupils, _PUPIL_KEYS)
+             + _extra_values_in(marks, _MARK_KEYS)) if structure_ok else 0
+    header.update(msg_index=msg_index, pupils_in_message=len(pupils),
+                  marks_in_message=sum(len(m) for m in sessions if type(m) is list), extra_fields=extra)
     rows.headers.append(header)
-    return extra
+    if not structure_ok:
+        return
+
+    lengths = list(map(len, sessions))
+    pupil_columns, pupil_faults = _typed_columns(pupils, PUPIL_TYPES)
+    mark_columns, mark_faults = _typed_columns(marks, MARK_TYPES)
+    pupil_of_mark = np.repeat(np.arange(len(pupils), dtype=np.int32), np.asarray(lengths, dtype=np.int64))
+    mark_position = np.asarray(list(itertools.chain.from_iterable(map(range, lengths))), dtype=np.int32)
+    for position, details in pupil_faults.items():
+        for detail in details:
+            name = detail.split(":", 1)[0]
+            rows.pupil_rejections.append({"msg_index": msg_index, "pupil_position": position,
+                                          "reason_code": "PUPIL_CONTRACT", "field": name, "detail": detail})
+            rows.type_faults.setdefault(("pupil", name), set()).add((msg_index, position))
+    for index, details in mark_faults.items():
+        pupil_position = int(pupil_of_mark[index])
+        for detail in details:
+            name = detail.split(":", 1)[0]
+            rows.mark_rejections.append({"msg_index": msg_index, "pupil_position": pupil_position,
+                                         "mark_position": int(mark_position[index]), "reason_code": "MARK_CONTRACT",
+                                         "field": name, "detail": detail})
+            rows.type_faults.setdefault(("mark", name), set()).add(
+                (msg_index, pupil_position, int(mark_position[index])))
+
+    rows.pupils.append(pa.table(
+        [pa.array(np.full(len(pupils), msg_index, dtype=np.int32)), pa.array(np.arange(len(pupils), dtype=np.int32))]
+        + [pa.array(pupil_columns[name], _RAW_PUPIL.field(name).type) for name in PUPIL_TYPES]
+        + [pa.array(np.asarray(lengths, dtype=np.int32))],
+        schema=_FLAT_PUPIL,
+    ))
+    rows.marks.append(pa.table(
+        [pa.array(np.full(len(marks), msg_index, dtype=np.int32)), pa.array(pupil_of_mark),
+         pa.array(mark_position)] + [pa.array(mark_columns[name], pa.string()) for name in MARK_TYPES],
+        schema=_FLAT_MARK,
+    ))
 
 
 # --- fast path: the whole batch through Arrow's JSON reader ------------------------------------------------
 
 
-def _read(messages: list[bytes], buffer: bytes | None = None) -> tuple[pa.Table | None, int | None]:
-    """Parse messages (one JSON object each) in one block; (table, None) or (None, row hint of the fault)."""
-    if buffer is None:
-        buffer = b"\n".join(messages)
+def _read(block: pa.Buffer, count: int) -> tuple[pa.Table | None, int | None]:
+    """Parse ``count`` messages (one JSON object each, newline-separated) in one Arrow block;
+    (table, None), or (None, the row Arrow blamed if it said)."""
     try:
         table = pj.read_json(
-            pa.BufferReader(buffer),
-            read_options=pj.ReadOptions(use_threads=False, block_size=max(len(buffer) + 1, 1 << 16)),
+            pa.BufferReader(block),
+            read_options=pj.ReadOptions(use_threads=False, block_size=max(block.size + 1, 1 << 16)),
             parse_options=_PARSE_OPTIONS,
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowIndexError) as exc:
         hint = _ROW_HINT.search(str(exc))
         return None, int(hint.group(1)) if hint else None
-    if table.num_rows != len(messages):  # a message held more than one JSON value: isolate it
+    if table.num_rows != count:  # a message held more than one JSON value: isolate it
         return None, None
     return table, None
 
 
-def _parse_isolating(messages: list[bytes], buffer: bytes) -> tuple[list[tuple[int, int, pa.Table]], list[int]]:
-    """Parse in as few blocks as possible: parsed (start, stop, table) ranges in order, and the positions of
-    messages that fail on their own. ``buffer`` is ``messages`` joined by newlines (reused for the first try).
+def _parse_isolating(buffer: pa.Buffer, bounds: np.ndarray) -> tuple[list[tuple[int, int, pa.Table]], list[int]]:
+    """Parse in blocks of about ``_BLOCK_BYTES``: parsed (start, stop, table) ranges in order, and the
+    positions of messages that fail on their own. ``buffer`` holds the messages joined by newlines, message
+    i at ``bounds[i]:bounds[i + 1] - 1``; blocks are zero-copy slices of it. A block that fails is split at
+    the row Arrow names (or in halves), so a faulty message costs a re-parse of its block only.
     """
+    count = len(bounds) - 1
     parts: list[tuple[int, int, pa.Table]] = []
     failed: list[int] = []
-    work = [(0, len(messages))]  # half-open ranges, processed in order
+    work: list[tuple[int, int]] = []
+    start = 0
+    while start < count:
+        stop = int(np.searchsorted(bounds, bounds[start] + _BLOCK_BYTES, side="right")) - 1
+        stop = min(max(stop, start + 1), count)
+        work.append((start, stop))
+        start = stop
     while work:
         start, stop = work.pop(0)
         if start >= stop:
             continue
-        whole = start == 0 and stop == len(messages)
-        size = len(buffer) if whole else sum(len(m) + 1 for m in messages[start:stop])
-        if size > _MAX_BLOCK_BYTES and stop - start > 1:
-            middle = (start + stop) // 2
-            work[:0] = [(start, middle), (middle, stop)]
-            continue
-        table, hint = _read(messages[start:stop], buffer if whole else None)
+        low, high = int(bounds[start]), int(bounds[stop]) - 1
+        table, hint = _read(buffer.slice(low, high - low), stop - start)
         if table is not None:
             parts.append((start, stop, table))
         elif stop - start == 1:
@@ -392,15 +444,14 @@ class _KeyCounts:
     odd_values: np.ndarray  # per message: a key's value starts like NaN, Infinity or -Infinity
 
 
-def _count_keys(buffer: bytes, lengths: np.ndarray) -> _KeyCounts:
+def _count_keys(buffer: bytes, bounds: np.ndarray) -> _KeyCounts:
     """Per message, from the colon positions of the raw bytes (see the module docstring).
 
-    ``buffer`` is the messages joined by single newlines, followed by at least three spare bytes. The work
-    goes in slices of a few MB so that numpy's temporaries stay small enough to be reused from the heap.
+    ``buffer`` holds the messages joined by single newlines (message i at ``bounds[i]:bounds[i + 1] - 1``)
+    followed by at least three spare bytes. The work goes in slices of a few MB so that numpy's
+    temporaries stay small enough to be reused from the heap.
     """
-    count = len(lengths)
-    bounds = np.zeros(count + 1, dtype=np.int64)
-    np.cumsum(lengths + 1, out=bounds[1:])
+    count = len(bounds) - 1
     data = np.frombuffer(buffer, dtype=np.uint8)
     whitespace = np.zeros(256, dtype=np.bool_)
     whitespace[[32, 9, 10, 13]] = True
@@ -567,6 +618,7 @@ def _concat(tables: list[pa.Table | None], schema: pa.Schema) -> pa.Table:
 # --- value parsing (column-wise) ---------------------------------------------------------------------------
 
 _DATE_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+_FIRST_DATE = pa.scalar(dt.date(1, 1, 1), pa.date32())
 _TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 _UUID_SHAPE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
@@ -574,21 +626,32 @@ _UUID_SHAPE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-
 def parse_iso_dates(strings: pa.Array) -> pa.Array:
     """YYYY-MM-DD strings -> date32; null where null or not a real calendar date in that exact form.
 
-    Dates repeat a lot (a day's marks share a handful), so each distinct string is parsed once.
+    Arrow's own cast does the common case in one pass; only a column holding some bad value is parsed again
+    the lenient way, once per distinct string.
     """
     if isinstance(strings, pa.ChunkedArray):
         strings = strings.combine_chunks()
     if len(strings) == 0:
         return pa.array([], pa.date32())
-    encoded = pc.dictionary_encode(strings)
-    distinct = encoded.dictionary
-    parsed = pc.strptime(distinct, format="%Y-%m-%d", unit="s", error_is_null=True)
-    # strptime is lenient (2023-02-29 -> 1 March, single-digit months): demand an exact round trip.
-    exact = pc.and_(pc.match_substring_regex(distinct, _DATE_SHAPE),
-                    pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), distinct))
-    exact = pc.and_(pc.fill_null(exact, False), pc.fill_null(pc.greater_equal(pc.year(parsed), 1), False))
-    dates = pc.if_else(exact, pc.cast(parsed, pa.date32()), pa.scalar(None, pa.date32()))
-    return pc.take(dates, encoded.indices)
+    try:  # Arrow's cast is exact (YYYY-MM-DD, real calendar dates) but fails whole on one bad value
+        dates = pc.cast(strings, pa.date32())
+    except pa.ArrowInvalid:
+        # Some value is no date: parse each distinct string leniently, then keep only exact round trips
+        # (strptime would take 2023-02-29 for 1 March, and single-digit months).
+        encoded = pc.dictionary_encode(strings)
+        distinct = encoded.dictionary
+        shaped = pc.fill_null(pc.match_substring_regex(distinct, _DATE_SHAPE), False)
+        candidates = pc.if_else(shaped, distinct, pa.scalar(None, pa.string()))
+        parsed = pc.strptime(candidates, format="%Y-%m-%d", unit="s", error_is_null=True)
+        exact = pc.and_(pc.and_(
+            pc.equal(pc.year(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 0, 4), pa.int64())),
+            pc.equal(pc.month(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 5, 7), pa.int64()))),
+            pc.equal(pc.day(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 8, 10), pa.int64())))
+        dates = pc.take(pc.if_else(pc.fill_null(exact, False), pc.cast(parsed, pa.date32()),
+                                   pa.scalar(None, pa.date32())), encoded.indices)
+    if pc.any(pc.less(dates, _FIRST_DATE)).as_py():  # year 0 parses, but is no date
+        dates = pc.if_else(pc.fill_null(pc.less(dates, _FIRST_DATE), False), pa.scalar(None, pa.date32()), dates)
+    return dates
 
 
 def _parse_timestamps(strings: pa.Array) -> pa.Array:
@@ -611,7 +674,8 @@ def _parse_timestamps(strings: pa.Array) -> pa.Array:
 # --- the checks both paths share ------------------------------------------------------------------------
 
 
-def _header_value_rejections(headers: pa.Table) -> tuple[list[pa.Table | None], dict[str, pa.Array]]:
+def _header_value_rejections(headers: pa.Table, type_faults: dict[tuple[str, str], set[tuple[int, ...]]]
+                             ) -> tuple[list[pa.Table | None], dict[str, pa.Array]]:
     """Missing/malformed header values -> rejections, and the parsed columns."""
     out: list[pa.Table | None] = []
 
@@ -619,7 +683,9 @@ def _header_value_rejections(headers: pa.Table) -> tuple[list[pa.Table | None], 
         out.append(_message_value_rejections(headers, mask, name, detail))
 
     for name in HEADER_FIELDS:
-        reject(pc.is_null(headers.column(name)), name, f"{name}: missing or null")
+        out.append(_without(_message_value_rejections(headers, pc.is_null(headers.column(name)), name,
+                                                      f"{name}: missing or null"),
+                            type_faults.get(("header", name)), ("msg_index",)))
     version = headers.column("schema_version")
     reject(pc.not_equal(version, SCHEMA_VERSION), "schema_version",
            f'schema_version: unsupported (this stream reads "{SCHEMA_VERSION}")')
@@ -675,16 +741,18 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
 
     flat_parts: list[_FastFlat] = []
     if fast_messages:
-        buffer = b"\n".join([*fast_messages, b"\n\n"])  # three spare bytes for _count_keys; Arrow skips them
-        parts, failed = _parse_isolating(fast_messages, buffer)
+        buffer = b"\n".join([*fast_messages, b"\n\n"])  # three spare bytes for _count_keys
+        bounds = np.zeros(len(fast_messages) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, fast_messages), dtype=np.int64, count=len(fast_messages)) + 1,
+                  out=bounds[1:])
+        parts, failed = _parse_isolating(pa.py_buffer(buffer), bounds)
         slow.extend((fast_indexes[position], fast_messages[position]) for position in failed)
         if parts:
             positions = np.concatenate([np.arange(start, stop, dtype=np.int64) for start, stop, _ in parts])
             table = pa.concat_tables([t for _, _, t in parts]) if len(parts) > 1 else parts[0][2]
             index_array = np.asarray(fast_indexes, dtype=np.int64)[positions]
             flat = _flatten(table, index_array)
-            lengths = np.fromiter((len(m) for m in fast_messages), dtype=np.int64, count=len(fast_messages))
-            counts = _count_keys(buffer, lengths)
+            counts = _count_keys(buffer, bounds)
             extra = counts.valued_keys[positions] - flat.contract_values
             unsure = counts.unsure[positions] | (extra < 0)
             # Arrow skipped the extra values unseen: where one is an object or array, or starts like
@@ -718,25 +786,21 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
 
     raw_headers = _concat([p.headers for p in flat_parts]
                           + [pa.Table.from_pylist(rows.headers, schema=_FLAT_HEADER)], _FLAT_HEADER)
-    raw_pupils = _concat([p.pupils for p in flat_parts]
-                         + [pa.Table.from_pylist(rows.pupils, schema=_FLAT_PUPIL)], _FLAT_PUPIL)
-    raw_marks = _concat([p.marks for p in flat_parts]
-                        + [pa.Table.from_pylist(rows.marks, schema=_FLAT_MARK)], _FLAT_MARK)
+    raw_pupils = _concat([p.pupils for p in flat_parts] + rows.pupils, _FLAT_PUPIL)
+    raw_marks = _concat([p.marks for p in flat_parts] + rows.marks, _FLAT_MARK)
     if slow and flat_parts:  # restore input order (stable: positions within a message keep theirs)
         raw_headers = raw_headers.take(pc.sort_indices(raw_headers.column("msg_index")))
         raw_pupils = raw_pupils.take(pc.sort_indices(raw_pupils.column("msg_index")))
         raw_marks = raw_marks.take(pc.sort_indices(raw_marks.column("msg_index")))
 
-    header_rejections, parsed = _header_value_rejections(raw_headers)
-    message_rejections = _concat(
+    header_rejections, parsed = _header_value_rejections(raw_headers, rows.type_faults)
+    message_rejections = _sorted(_concat(
         [pa.Table.from_pylist(rows.message_rejections, schema=MESSAGE_REJECTIONS_SCHEMA)]
         + [t for p in flat_parts for t in p.structure_rejections] + header_rejections,
         MESSAGE_REJECTIONS_SCHEMA,
-    )
-    message_rejections = message_rejections.take(pc.sort_indices(message_rejections.column("msg_index")))
+    ), ("msg_index",))
     rejected_messages = pc.unique(message_rejections.column("msg_index"))
 
-    header_ok = pc.invert(pc.is_in(raw_headers.column("msg_index"), value_set=rejected_messages))
     headers = pa.table({
         "msg_index": raw_headers.column("msg_index"),
         "extract_id": parsed["extract_id"],
@@ -750,19 +814,20 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
         "pupils_in_message": raw_headers.column("pupils_in_message"),
         "marks_in_message": raw_headers.column("marks_in_message"),
         "extra_fields_in_message": pc.cast(raw_headers.column("extra_fields"), pa.int32(), safe=False),
-    }).filter(header_ok)
-    headers = headers.cast(HEADERS_SCHEMA)
+    })
+    headers = _drop(headers, "msg_index", rejected_messages).cast(HEADERS_SCHEMA)
     extra_fields_dropped = int(pc.sum(headers.column("extra_fields_in_message")).as_py() or 0)
 
     # Pupils: of structurally valid messages only.
-    raw_pupils = raw_pupils.filter(pc.invert(pc.is_in(raw_pupils.column("msg_index"), value_set=rejected_messages)))
+    raw_pupils = _drop(raw_pupils, "msg_index", rejected_messages)
     pupil_checks: list[pa.Table | None] = []
     pupil_cols = ("msg_index", "pupil_position")
     for name in PUPIL_TYPES:
         if name not in PUPIL_OPTIONAL:
-            pupil_checks.append(_filtered_rejections(raw_pupils, pc.is_null(raw_pupils.column(name)),
-                                                     "PUPIL_CONTRACT", name, f"{name}: missing or null",
-                                                     pupil_cols, PUPIL_REJECTIONS_SCHEMA))
+            pupil_checks.append(_without(
+                _filtered_rejections(raw_pupils, pc.is_null(raw_pupils.column(name)), "PUPIL_CONTRACT", name,
+                                     f"{name}: missing or null", pupil_cols, PUPIL_REJECTIONS_SCHEMA),
+                rows.type_faults.get(("pupil", name)), pupil_cols))
     pupil_dates = {}
     for name in PUPIL_DATES:
         raw = raw_pupils.column(name)
@@ -773,27 +838,29 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
                                                  pupil_cols, PUPIL_REJECTIONS_SCHEMA))
     slow_pupil_rejections = pa.Table.from_pylist(rows.pupil_rejections, schema=PUPIL_REJECTIONS_SCHEMA)
     pupil_rejections = _concat([slow_pupil_rejections] + pupil_checks, PUPIL_REJECTIONS_SCHEMA)
-    pupil_rejections = pupil_rejections.filter(pc.invert(pc.is_in(pupil_rejections.column("msg_index"),
-                                                                  value_set=rejected_messages)))
-    pupil_rejections = _sorted(pupil_rejections, ("msg_index", "pupil_position"))
+    pupil_rejections = _drop(pupil_rejections, "msg_index", rejected_messages)
+    pupil_rejections = _sorted(pupil_rejections, pupil_cols)
     bad_pupil_key = _pupil_key(pupil_rejections.column("msg_index"), pupil_rejections.column("pupil_position"))
     pupil_key = _pupil_key(raw_pupils.column("msg_index"), raw_pupils.column("pupil_position"))
-    pupil_ok = pc.invert(pc.is_in(pupil_key, value_set=bad_pupil_key))
     pupils = pa.table({
         "msg_index": raw_pupils.column("msg_index"),
         "pupil_position": raw_pupils.column("pupil_position"),
         **{name: (pupil_dates[name] if name in PUPIL_DATES else raw_pupils.column(name)) for name in PUPIL_TYPES},
         "marks_in_pupil": raw_pupils.column("marks_in_pupil"),
-    }, schema=PUPILS_SCHEMA).filter(pupil_ok)
+    }, schema=PUPILS_SCHEMA)
+    if len(bad_pupil_key):
+        pupils = pupils.filter(pc.invert(pc.is_in(pupil_key, value_set=bad_pupil_key)))
 
     # Marks: of accepted pupils only (a rejected pupil's marks are dropped with it, unlisted).
-    mark_pupil_key = _pupil_key(raw_marks.column("msg_index"), raw_marks.column("pupil_position"))
-    accepted_key = _pupil_key(pupils.column("msg_index"), pupils.column("pupil_position"))
-    raw_marks = raw_marks.filter(pc.is_in(mark_pupil_key, value_set=accepted_key))
+    raw_marks = _drop(raw_marks, "msg_index", rejected_messages)
+    if len(bad_pupil_key):
+        mark_pupil_key = _pupil_key(raw_marks.column("msg_index"), raw_marks.column("pupil_position"))
+        raw_marks = raw_marks.filter(pc.invert(pc.is_in(mark_pupil_key, value_set=bad_pupil_key)))
     mark_cols = ("msg_index", "pupil_position", "mark_position")
     mark_checks: list[pa.Table | None] = [
-        _filtered_rejections(raw_marks, pc.is_null(raw_marks.column(name)), "MARK_CONTRACT", name,
-                             f"{name}: missing or null", mark_cols, MARK_REJECTIONS_SCHEMA)
+        _without(_filtered_rejections(raw_marks, pc.is_null(raw_marks.column(name)), "MARK_CONTRACT", name,
+                                      f"{name}: missing or null", mark_cols, MARK_REJECTIONS_SCHEMA),
+                 rows.type_faults.get(("mark", name)), mark_cols)
         for name in MARK_TYPES
     ]
     mark_dates = parse_iso_dates(raw_marks.column("date"))
@@ -802,13 +869,12 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
                                             "MARK_CONTRACT", "date", "date: not a YYYY-MM-DD date", mark_cols,
                                             MARK_REJECTIONS_SCHEMA))
     slow_mark_rejections = pa.Table.from_pylist(rows.mark_rejections, schema=MARK_REJECTIONS_SCHEMA)
-    slow_mark_rejections = slow_mark_rejections.filter(pc.is_in(
-        _pupil_key(slow_mark_rejections.column("msg_index"), slow_mark_rejections.column("pupil_position")),
-        value_set=accepted_key))
+    slow_mark_rejections = slow_mark_rejections.filter(pc.and_(
+        pc.invert(pc.is_in(slow_mark_rejections.column("msg_index"), value_set=rejected_messages)),
+        pc.invert(pc.is_in(_pupil_key(slow_mark_rejections.column("msg_index"),
+                                      slow_mark_rejections.column("pupil_position")), value_set=bad_pupil_key))))
     mark_rejections = _concat([slow_mark_rejections] + mark_checks, MARK_REJECTIONS_SCHEMA)
-    mark_rejections = _sorted(mark_rejections, ("msg_index", "pupil_position", "mark_position"))
-    mark_ok = pc.and_(pc.and_(pc.is_valid(mark_dates), pc.is_valid(raw_marks.column("session"))),
-                      pc.is_valid(raw_marks.column("code")))
+    mark_rejections = _sorted(mark_rejections, mark_cols)
     marks = pa.table({
         "msg_index": raw_marks.column("msg_index"),
         "pupil_position": raw_marks.column("pupil_position"),
@@ -816,7 +882,9 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
         "date": mark_dates,
         "session": raw_marks.column("session"),
         "code": raw_marks.column("code"),
-    }, schema=MARKS_SCHEMA).filter(mark_ok)
+    }, schema=MARKS_SCHEMA)
+    if mark_rejections.num_rows:
+        marks = marks.filter(pc.invert(pc.is_in(_mark_key(raw_marks), value_set=_mark_key(mark_rejections))))
 
     return DecodedBatch(
         headers=headers,
@@ -835,7 +903,31 @@ def _pupil_key(msg_index: pa.Array | pa.ChunkedArray, position: pa.Array | pa.Ch
     return pc.add(pc.multiply(pc.cast(msg_index, pa.int64()), 2**31), pc.cast(position, pa.int64()))
 
 
+def _drop(table: pa.Table, column: str, values: pa.Array) -> pa.Table:
+    """Rows whose ``column`` is not in ``values`` (no work when there are none)."""
+    if len(values) == 0 or table.num_rows == 0:
+        return table
+    return table.filter(pc.invert(pc.is_in(table.column(column), value_set=values)))
+
+
+def _mark_key(table: pa.Table) -> pa.Array:
+    """One int64 per (message, pupil position, mark position) (positions below 2**20 and 2**23)."""
+    return pc.add(pc.multiply(pc.add(pc.multiply(pc.cast(table.column("msg_index"), pa.int64()), 2**20),
+                                     pc.cast(table.column("pupil_position"), pa.int64())), 2**23),
+                  pc.cast(table.column("mark_position"), pa.int64()))
+
+
 def _sorted(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Rejections in a stable order: by position, then field, reason and detail."""
     if table.num_rows < 2:
         return table
-    return table.sort_by([(k, "ascending") for k in keys])
+    return table.sort_by([(k, "ascending") for k in (*keys, "field", "reason_code", "detail")])
+
+
+def _without(table: pa.Table | None, positions: set[tuple[int, ...]] | None, keys: tuple[str, ...]
+             ) -> pa.Table | None:
+    """Drop the rows at ``positions`` (a few records, from the slow path's type faults)."""
+    if table is None or not positions:
+        return table
+    drop = [tuple(row[k] for k in keys) in positions for row in table.select(list(keys)).to_pylist()]
+    return table.filter(pc.invert(pa.array(drop, pa.bool_())))

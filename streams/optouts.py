@@ -89,7 +89,7 @@ class OptOutRegister:
         assert consumer is not None, "start() first"
         ends = await consumer.end_offsets(self._tps)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while any(await consumer.position(tp) < ends[tp] for tp in self._tps):
+        while any([await consumer.position(tp) < ends[tp] for tp in self._tps]):
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"could not read the opt-outs topic {self.topic} to its end in {timeout_s}s")
             batches = await consumer.getmany(*self._tps, timeout_ms=500)

@@ -132,6 +132,7 @@ class BatchProcessor:
         audit = _optout_audit(audit_rows, now)
         resume = self.assembler.resume_offsets()
         offsets = {tp: min(last, resume[tp] - 1) if tp in resume else last for tp, last in last_offset.items()}
+        offsets = {tp: offset for tp, offset in offsets.items() if offset >= 0}  # nothing committable yet
         outcome.sink = SinkBatch(sessions=sink.sessions, pupils=sink.pupils, extracts=sink.extracts,
                                  quarantine=sink.quarantine, optout_audit=audit, offsets=offsets)
         return outcome
@@ -176,7 +177,7 @@ class BatchProcessor:
         sibling_rejections = sibling_rows.select(
             "msg_index", pl.lit("MSG_EXTRACT_REJECTED").alias("reason_code"), pl.lit("chunk_index").alias("field"),
             pl.lit("another chunk of this extract was rejected").alias("detail"))
-        all_message_rejections = pl.concat([message_rejections, sibling_rejections], how="vertical_relaxed")
+        all_message_rejections = pl.concat([message_rejections, sibling_rejections], how="diagonal_relaxed")
 
         accepted_headers = headers.filter(~pl.col("extract_id").is_in(list(rejected_extracts))) \
             if headers.height else headers

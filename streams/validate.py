@@ -94,13 +94,14 @@ def mark_flags(codes: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
 
 # --- small column helpers ------------------------------------------------------------------------------------
 
-def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.Table:
-    """The named columns, cast to the given types (accepts large_string/string_view from Polars)."""
+def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.RecordBatch:
+    """The named columns as one batch, cast to the given types (accepts large_string/string_view from
+    Polars, and chunked input)."""
     missing = [name for name in types if name not in table.column_names]
     if missing:
         raise ValueError(f"table lacks column(s) {', '.join(missing)}")
-    return pa.table({name: table.column(name).combine_chunks().cast(type_) if table.num_rows else
-                     pa.array([], type_) for name, type_ in types.items()})
+    return pa.record_batch([table.column(name).combine_chunks().cast(type_) if table.num_rows
+                            else pa.array([], type_) for name, type_ in types.items()], names=list(types))
 
 
 def _strings(value: str, length: int) -> pa.Array:
@@ -137,11 +138,6 @@ def _message_rows(mask: pa.Array, code: str, field: str, detail: str | pa.Array,
                   ) -> pa.Table | None:
     rows = _rows(mask, code, field, detail, msg_index)
     return rows.select(MESSAGE_REJECTIONS_SCHEMA.names) if rows is not None else None
-
-
-def _msg_lookup(msg_index: pa.Array, wanted: pa.Array) -> pa.Array:
-    """For each value of ``wanted``, the row of ``msg_index`` holding it (null when none)."""
-    return pc.index_in(wanted, value_set=msg_index)
 
 
 # --- headers -------------------------------------------------------------------------------------------------
@@ -194,13 +190,14 @@ def check_extract_consistency(headers_of_complete_extracts: pa.Table) -> pa.Tabl
         "chunk_count": pa.int32(), "pupil_count": pa.int32(), "pupils_in_message": pa.int32()})
     if h.num_rows == 0:
         return MESSAGE_REJECTIONS_SCHEMA.empty_table()
-    g = h.group_by("extract_id").aggregate([
+    g = pa.Table.from_batches([h]).group_by("extract_id").aggregate([
         ("chunk_count", "count_distinct"), ("chunk_count", "min"), ("chunk_index", "count"),
         ("chunk_index", "count_distinct"), ("chunk_index", "min"), ("chunk_index", "max"),
         ("pupil_count", "count_distinct"), ("pupil_count", "min"), ("pupils_in_message", "sum"),
         ("urn", "count_distinct"), ("laestab", "count_distinct"), ("extract_date", "count_distinct"),
         ("generated_at", "count_distinct"),
     ])
+    g = pa.record_batch(g.combine_chunks().to_batches()[0]) if g.num_rows else g
     extract = g.column("extract_id")
     count_consistent = pc.equal(g.column("chunk_count_count_distinct"), 1)
     repeated = pc.not_equal(g.column("chunk_index_count"), g.column("chunk_index_count_distinct"))
@@ -241,7 +238,8 @@ def check_extract_consistency(headers_of_complete_extracts: pa.Table) -> pa.Tabl
     if not per_extract:
         return MESSAGE_REJECTIONS_SCHEMA.empty_table()
     faulty = pa.concat_tables(per_extract)
-    joined = h.select(["msg_index", "extract_id"]).join(faulty, "extract_id", join_type="inner")
+    joined = pa.Table.from_batches([h.select(["msg_index", "extract_id"])]).join(faulty, "extract_id",
+                                                                                join_type="inner")
     return _concat([joined.select(MESSAGE_REJECTIONS_SCHEMA.names).cast(MESSAGE_REJECTIONS_SCHEMA)],
                    MESSAGE_REJECTIONS_SCHEMA)
 
@@ -286,12 +284,16 @@ def _age_at_31_august(date_of_birth: pa.Array, academic_year: pa.Array) -> pa.Ar
 
 
 def _duplicated(group: np.ndarray, value: pa.Array) -> pa.Array:
-    """True where (group, value) occurs more than once."""
-    codes = pc.dictionary_encode(value).indices
-    key = pa.array((group.astype(np.int64) << 32) | np.asarray(codes, dtype=np.int64), pa.int64())
-    counts = pc.value_counts(key)
-    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-    return pc.is_in(key, value_set=repeated)
+    """True where (group, value) occurs more than once: values repeated anywhere are found by counting
+    dictionary codes, and only those few are then compared with their group."""
+    codes = np.asarray(pc.dictionary_encode(value).indices, dtype=np.int64)
+    repeated = np.bincount(codes)[codes] > 1
+    if not repeated.any():
+        return pa.array(repeated)
+    key = (group[repeated] << 32) | codes[repeated]
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    repeated[repeated] = counts[inverse] > 1
+    return pa.array(repeated)
 
 
 def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
@@ -307,22 +309,23 @@ def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
     p = _conform(pupils, {f.name: f.type for f in _PUPIL_INPUT})
     m = _conform(marks, {f.name: f.type for f in _MARK_INPUT})
 
-    # Join each pupil to its message's header (column-wise lookups by msg_index).
-    p_row = _msg_lookup(h.column("msg_index"), p.column("msg_index"))
-    p = p.filter(pc.is_valid(p_row))
-    p_row = p_row.filter(pc.is_valid(p_row))
+    # Join each pupil to its message's header: msg_index -> header row through a direct lookup array.
+    p_row_np = _row_lookup(np.asarray(h.column("msg_index"), dtype=np.int64),
+                           np.asarray(p.column("msg_index"), dtype=np.int64))
+    if (p_row_np < 0).any():
+        p = p.filter(pa.array(p_row_np >= 0))
+        p_row_np = p_row_np[p_row_np >= 0]
+    p_row = pa.array(p_row_np, pa.int64())
     p_msg = p.column("msg_index")
     p_pos = p.column("pupil_position")
     extract_code = np.asarray(pc.dictionary_encode(h.column("extract_id")).indices, dtype=np.int64)
-    p_extract_code = extract_code[np.asarray(p_row, dtype=np.int64)] if p.num_rows else np.zeros(0, np.int64)
     p_extract_date = pc.take(h.column("extract_date"), p_row)
 
     upn = p.column("upn")
-    year_group = p.column("nc_year_group")
-    year_index = pc.index_in(year_group, value_set=_YEAR_GROUP_LIST)
+    year_index = pc.index_in(p.column("nc_year_group"), value_set=_YEAR_GROUP_LIST)
     age = _age_at_31_august(p.column("date_of_birth"), _academic_year_start(p_extract_date))
     implausible = pc.or_(pc.less(age, pc.take(_MIN_AGE, year_index)), pc.greater(age, pc.take(_MAX_AGE, year_index)))
-    duplicate = _duplicated(p_extract_code, upn) if p.num_rows else pa.array([], pa.bool_())
+    duplicate = _duplicated(extract_code[p_row_np], upn) if p.num_rows else pa.array([], pa.bool_())
     pupil_checks: list[tuple[pa.Array, str, str, str]] = [
         (pc.invert(upn_is_valid(upn)), "PUPIL_UPN_INVALID", "upn",
          "upn: not a valid UPN (13 characters, check letter)"),
@@ -331,52 +334,51 @@ def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
          "nc_year_group: not one of " + ", ".join(YEAR_GROUPS)),
         (implausible, "PUPIL_DOB_IMPLAUSIBLE", "date_of_birth",
          "date_of_birth: age at 31 August before the academic year is outside the range for the year group"),
-        (pc.invert(pc.is_in(p.column("sex"), value_set=pa.array(SEXES))), "PUPIL_SEX_INVALID", "sex",
-         "sex: not M or F"),
-        (pc.invert(pc.is_in(p.column("sen_provision"), value_set=pa.array(SEN_PROVISION))), "PUPIL_SEN_INVALID",
-         "sen_provision", "sen_provision: not N, K or E"),
+        (pc.invert(_one_of(p.column("sex"), SEXES)), "PUPIL_SEX_INVALID", "sex", "sex: not M or F"),
+        (pc.invert(_one_of(p.column("sen_provision"), SEN_PROVISION)), "PUPIL_SEN_INVALID", "sen_provision",
+         "sen_provision: not N, K or E"),
     ]
     pupil_faults = [_rows(mask, code, field, detail, p_msg, p_pos) for mask, code, field, detail in pupil_checks]
     rejected_pupil = _any([mask for mask, *_ in pupil_checks], p.num_rows)
     accepted = pc.invert(rejected_pupil)
-    pupil_key = _key(p_msg, p_pos)
 
-    # Marks: those of accepted pupils, joined to their pupil and message.
-    mark_key = _key(m.column("msg_index"), m.column("pupil_position"))
-    m_pupil = pc.index_in(mark_key, value_set=pupil_key)
-    m = m.filter(pc.is_valid(m_pupil))
-    m_pupil = m_pupil.filter(pc.is_valid(m_pupil))
-    of_rejected = pc.take(rejected_pupil, m_pupil)
-    marks_of_rejected_pupils = int(pc.sum(of_rejected).as_py() or 0)
-    keep = pc.invert(of_rejected)
-    m = m.filter(keep)
-    m_pupil = m_pupil.filter(keep)
+    # Marks: those of accepted pupils, joined to their pupil (by position key) and message.
+    pupil_key = _key_np(p_msg, p_pos)
+    m_pupil_np = _sorted_lookup(pupil_key, _key_np(m.column("msg_index"), m.column("pupil_position")))
+    if (m_pupil_np < 0).any():
+        m = m.filter(pa.array(m_pupil_np >= 0))
+        m_pupil_np = m_pupil_np[m_pupil_np >= 0]
+    of_rejected = np.asarray(rejected_pupil, dtype=np.bool_)[m_pupil_np]
+    marks_of_rejected_pupils = int(of_rejected.sum())
+    if marks_of_rejected_pupils:
+        m = m.filter(pa.array(~of_rejected))
+        m_pupil_np = m_pupil_np[~of_rejected]
+    m_pupil = pa.array(m_pupil_np, pa.int64())
     m_msg, m_ppos, m_mpos = m.column("msg_index"), m.column("pupil_position"), m.column("mark_position")
-    m_row = pc.take(p_row, m_pupil)
+    m_row = pa.array(p_row_np[m_pupil_np], pa.int64())
     date, session, code = m.column("date"), m.column("session"), m.column("code")
     m_extract_date = pc.take(h.column("extract_date"), m_row)
     window_start = pc.take(amendment_window_start(h.column("extract_date"), amendment_window_school_days), m_row)
-    code_index = pc.index_in(code, value_set=_CODES)
+    # One hash pass over the codes: the handful of distinct codes are looked up, then gathered back.
+    code_dictionary = pc.dictionary_encode(code)
+    code_index = pc.take(pc.index_in(code_dictionary.dictionary, value_set=_CODES), code_dictionary.indices)
     known_code = pc.is_valid(code_index)
     valid_from = pc.take(_VALID_FROM, code_index)
     valid_to = pc.take(_VALID_TO, code_index)
     wrong_date = pc.or_(pc.fill_null(pc.less(date, valid_from), False),
                         pc.fill_null(pc.greater(date, valid_to), False))
-    good_session = pc.is_in(session, value_set=pa.array(SESSIONS))
+    is_pm = pc.equal(session, "PM")
+    good_session = pc.or_(pc.equal(session, "AM"), is_pm)
 
     # Duplicates: the same pupil, date and session more than once.
-    slot = (np.asarray(m_pupil, dtype=np.int64) << 33) + (
-        (np.asarray(pc.cast(date, pa.int32()), dtype=np.int64) + 2**31) << 1) + np.asarray(
-        pc.equal(session, "PM"), dtype=np.int64)
-    slot_arr = pa.array(slot, pa.int64())
-    slot_counts = pc.value_counts(slot_arr)
-    repeated_slots = slot_counts.field("values").filter(pc.greater(slot_counts.field("counts"), 1))
-    in_repeat = pc.and_(pc.is_in(slot_arr, value_set=repeated_slots), good_session)
+    slot = (np.asarray(pc.cast(date, pa.int32()), dtype=np.int64) << 1) | np.asarray(is_pm, dtype=np.int64)
+    in_repeat = _repeated_within(m_pupil_np, slot) & np.asarray(good_session, dtype=np.bool_)
     conflict = pa.array(np.zeros(m.num_rows, dtype=np.bool_))
     extra_copy = pa.array(np.zeros(m.num_rows, dtype=np.bool_))
-    if pc.any(in_repeat).as_py():
-        rows_in_repeat = pa.array(np.flatnonzero(np.asarray(in_repeat)), pa.int64())
-        sub = pa.table({"slot": pc.take(slot_arr, rows_in_repeat), "code": pc.take(code, rows_in_repeat),
+    if in_repeat.any():
+        rows_in_repeat = pa.array(np.flatnonzero(in_repeat), pa.int64())
+        slot_key = (m_pupil_np << 33) + slot
+        sub = pa.table({"slot": pa.array(slot_key[in_repeat]), "code": pc.take(code, rows_in_repeat),
                         "mark_position": pc.take(m_mpos, rows_in_repeat), "row": rows_in_repeat})
         per_slot = sub.group_by("slot").aggregate([("code", "count_distinct"), ("mark_position", "min")])
         joined = sub.join(per_slot, "slot")
@@ -417,8 +419,8 @@ def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
     if pc.any(after_leaving).as_py():
         late = pa.table({"pupil": pc.filter(m_pupil, after_leaving)}).group_by("pupil").aggregate(
             [("pupil", "count")])
-        pupils_late = late.column("pupil")
-        counts = pc.cast(late.column("pupil_count"), pa.string())
+        pupils_late = late.column("pupil").combine_chunks()
+        counts = pc.cast(late.column("pupil_count").combine_chunks(), pa.string())
         left_warnings = _rows(pa.array(np.ones(len(pupils_late), dtype=np.bool_)), "PUPIL_LEFT", "leaving_date",
                               pc.binary_join_element_wise(counts, " mark(s) dated after leaving_date", ""),
                               pc.take(p_msg, pupils_late), pc.take(p_pos, pupils_late))
@@ -435,7 +437,7 @@ def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
     kept_m = m.filter(mark_ok)
     kept_m_pupil = m_pupil.filter(mark_ok)
     kept_m_row = m_row.filter(mark_ok)
-    flags = mark_flags(kept_m.column("code"))
+    flags = {name: pc.take(column, pc.filter(code_index, mark_ok)) for name, column in _FLAG_COLUMNS.items()}
     accepted_marks = pa.table({
         "urn": pc.take(h.column("urn"), kept_m_row),
         "upn": pc.take(upn, kept_m_pupil),
@@ -465,8 +467,62 @@ _MARK_INPUT = pa.schema([
 _PUPIL_STORED = tuple(f.name for f in ACCEPTED_PUPILS_SCHEMA if f.name not in ("urn", "extract_id", "generated_at"))
 
 
-def _key(msg_index: pa.Array, position: pa.Array) -> pa.Array:
-    return pc.add(pc.multiply(pc.cast(msg_index, pa.int64()), 2**31), pc.cast(position, pa.int64()))
+def _key_np(msg_index: pa.Array, position: pa.Array) -> np.ndarray:
+    """(msg_index, position) as one sortable int64."""
+    return (np.asarray(msg_index, dtype=np.int64) << 31) | np.asarray(position, dtype=np.int64)
+
+
+def _row_lookup(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Row of ``keys`` (small non-negative ints, unique) holding each ``wanted`` value; -1 where none."""
+    if len(wanted) == 0:
+        return np.zeros(0, dtype=np.int64)
+    size = int(max(keys.max(initial=-1), wanted.max(initial=-1))) + 1
+    table = np.full(size, -1, dtype=np.int64)
+    table[keys] = np.arange(len(keys), dtype=np.int64)
+    return table[wanted]
+
+
+def _sorted_lookup(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Row of ``keys`` (unique) holding each ``wanted`` value; -1 where none. Binary search, after sorting
+    ``keys`` when they are not already in order (the decoder's tables are)."""
+    order = None
+    if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+    at = np.searchsorted(keys, wanted)
+    at_clipped = np.minimum(at, max(len(keys) - 1, 0))
+    found = (at < len(keys)) & (keys[at_clipped] == wanted) if len(keys) else np.zeros(len(wanted), np.bool_)
+    rows = order[at_clipped] if order is not None else at_clipped
+    return np.where(found, rows, -1)
+
+
+def _repeated_within(group: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """True where (group, value) occurs more than once. Rows of a group are usually adjacent (marks of a
+    pupil), so neighbours a few apart are compared; otherwise the pairs are counted by sorting."""
+    n = len(group)
+    repeated = np.zeros(n, dtype=np.bool_)
+    if n < 2:
+        return repeated
+    boundaries = np.flatnonzero(group[1:] != group[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], boundaries, [n]]))
+    grouped = bool((group[1:] >= group[:-1]).all())  # in order, so every group is one contiguous run
+    if grouped and runs.max() <= 16:
+        for distance in range(1, int(runs.max())):
+            same = (group[distance:] == group[:-distance]) & (value[distance:] == value[:-distance])
+            repeated[distance:] |= same
+            repeated[:-distance] |= same
+        return repeated
+    key = np.stack([group, value], axis=1)
+    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    return counts[inverse.ravel()] > 1
+
+
+def _one_of(values: pa.Array, allowed: tuple[str, ...]) -> pa.Array:
+    """values in ``allowed`` (a few strings), by equality tests (cheaper than hashing every value)."""
+    out = pc.equal(values, allowed[0])
+    for option in allowed[1:]:
+        out = pc.or_(out, pc.equal(values, option))
+    return pc.fill_null(out, False)
 
 
 def _any(masks: list[pa.Array], length: int) -> pa.Array:

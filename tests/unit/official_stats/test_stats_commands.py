@@ -60,3 +60,19 @@ def test_bad_input_is_one_clear_line(cli) -> None:
     assert "Traceback" not in result.output
     result = runner.invoke(cli, ["publish", "--release", "2026-11-21", "--out", "x"])
     assert result.exit_code == 2  # no aggregated data (and a Saturday)
+
+
+def test_publish_now_includes_the_release_date_and_makes_files_public(cli, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    roll = synthetic.make_roll(24, 20, 2026, la_codes=["830", "831", "201"])
+    synthetic.write_reference(str(lake), roll)
+    for offset in range(2):
+        sessions, extracts = synthetic.make_day(roll, dt.date(2026, 11, 16) + dt.timedelta(days=offset))
+        synthetic.append_day(str(lake), sessions, extracts)
+    runner = CliRunner()
+    assert runner.invoke(cli, ["aggregate", "--optouts", "none"]).exit_code == 0
+    result = runner.invoke(cli, ["publish", "--release", "2026-11-17", "--now"])
+    assert result.exit_code == 0, result.output
+    public = lake / "published" / "releases" / "2026-11-17"
+    assert (public / "manifest.json").is_file()
+    assert '"data_end": "2026-11-17"' in (public / "manifest.json").read_text()

@@ -200,3 +200,31 @@ def test_apply_retention_destroys_expired_academic_years_only(tmp_path: Path) ->
     assert len(lake.read_table(DESTRUCTION_LOG, uri)) == len(records)
     with pytest.raises((FileNotFoundError, OSError)):
         lake.read_table(ATTENDANCE_SESSIONS, uri, version=version_before)
+
+
+def test_retention_predicates_per_column_type() -> None:
+    from storage.destruction import retention_predicate
+    from storage.tables import TableContract, Zone
+
+    contract = TableContract(
+        name="example",
+        zone=Zone.RESTRICTED,
+        schema=pa.schema(
+            [
+                ("date", pa.date32()),
+                ("academic_year_start", pa.int32()),
+                ("seen", pa.timestamp("us", tz="UTC")),
+            ]
+        ),
+        partition_by=(),
+        key=(),
+        purpose="",
+        pupil_level=True,
+    )
+    cutoff = date(2023, 8, 31)
+    assert retention_predicate(contract, "date", cutoff) == "date <= '2023-08-31'"
+    assert (
+        retention_predicate(contract, "academic_year_start", cutoff) == "academic_year_start <= 2022"
+    )  # 2022/23
+    # the academic year ends at midnight in England: 1 September 00:00 BST is 31 August 23:00 UTC
+    assert retention_predicate(contract, "seen", cutoff) == "seen < '2023-08-31T23:00:00Z'"
