@@ -13,6 +13,7 @@ Kafka's log4j2.yaml; rebalance delay 0 and a one-partition offsets topic so test
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -295,10 +296,8 @@ def _terminate(pid: int, grace_s: float) -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             return
-        try:  # reap if it is our child
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.2)
     try:
         os.kill(pid, signal.SIGKILL)

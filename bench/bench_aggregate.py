@@ -67,9 +67,7 @@ def timed_run(lake: Path, new_day: dt.date, label: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--schools", type=int, default=2000)
     parser.add_argument("--pupils", type=int, default=200, help="Pupils per school.")
     parser.add_argument("--history", type=int, default=20, help="School days of history in the long lake.")

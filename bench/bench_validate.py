@@ -1,14 +1,16 @@
 """Benchmark the stream's pure core: decode_messages + check_headers + validate_records, one thread.
 
     .venv/bin/python bench/bench_validate.py                      # a synthetic 2,000-school day
-    .venv/bin/python bench/bench_validate.py --names              # ... every pupil also carries names
+    .venv/bin/python bench/bench_validate.py --no-names           # ... without forename/surname
     .venv/bin/python bench/bench_validate.py --from DIR           # extract files from `attendance generate`
 
 The synthetic day is built in memory by a simple builder of its own (not ingest/generate.py): schools of
-about 380 pupils, two marks each for the extract day and about 5% amendments for earlier days, serialised
-as chunk messages of at most 1 MB like the contractor's producer. About 1% of pupils carry one injected
-fault (a wrong check letter, an unknown code, a duplicate mark, a wrong JSON type, fields outside the
-contract, ...) and about 0.5% of schools a message-level fault, so every path of the validator is exercised.
+about 380 pupils, two marks each for the extract day and about 5% amendments for earlier days, each pupil
+with a forename and surname outside the contract (as real MIS feeds and `attendance generate` have them),
+serialised as chunk messages of at most 1 MB like the contractor's producer. About 1% of pupils carry one
+injected fault (a wrong check letter, an unknown code, a duplicate mark, a wrong JSON type, more fields
+outside the contract, ...) and about 0.5% of schools a message-level fault, so every path of the validator
+is exercised.
 
 Messages are processed in batches of whole extracts (``--batch-messages``), as the worker does. Only the
 three calls are timed (CPU time of this process, which discounts other load on a shared machine; wall time
@@ -36,14 +38,35 @@ from streams.validate import check_extract_consistency, check_headers, validate_
 
 MAX_MESSAGE_BYTES = 1_000_000
 EXTRACT_DATE = dt.date(2026, 11, 17)  # a Tuesday
-ABSENCE_CODES = ["I"] * 30 + ["M"] * 5 + ["N"] * 5 + ["O"] * 4 + ["G"] * 3 + ["U"] * 2 + ["C", "R", "E", "T",
-                                                                                           "S", "C1", "C2", "J1"]
+ABSENCE_CODES = (
+    ["I"] * 30
+    + ["M"] * 5
+    + ["N"] * 5
+    + ["O"] * 4
+    + ["G"] * 3
+    + ["U"] * 2
+    + ["C", "R", "E", "T", "S", "C1", "C2", "J1"]
+)
 PRESENT_OTHER = ["L"] * 6 + ["B", "V", "P", "W", "K", "D", "Y1", "Q", "#", "X"]
 PUPIL_FAULTS = {  # kind: relative weight
-    "upn_check": 1.0, "year_group": 1.0, "dob": 1.0, "sex": 1.0, "sen": 1.0, "duplicate_upn": 1.0,
-    "missing_field": 1.0, "extra_fields": 1.0, "bad_date": 0.5, "wrong_type": 0.2,
-    "unknown_code": 1.0, "legacy_code": 1.0, "weekend": 1.0, "outside_window": 1.0, "bad_session": 1.0,
-    "duplicate_conflict": 1.0, "duplicate_same": 1.0, "no_mark": 1.0,
+    "upn_check": 1.0,
+    "year_group": 1.0,
+    "dob": 1.0,
+    "sex": 1.0,
+    "sen": 1.0,
+    "duplicate_upn": 1.0,
+    "missing_field": 1.0,
+    "extra_fields": 1.0,
+    "bad_date": 0.5,
+    "wrong_type": 0.2,
+    "unknown_code": 1.0,
+    "legacy_code": 1.0,
+    "weekend": 1.0,
+    "outside_window": 1.0,
+    "bad_session": 1.0,
+    "duplicate_conflict": 1.0,
+    "duplicate_same": 1.0,
+    "no_mark": 1.0,
 }
 MESSAGE_FAULTS = ("unknown_urn", "laestab_mismatch", "truncated", "future_date")
 
@@ -70,10 +93,18 @@ def _pupil(rng: random.Random, la: int, establishment: int, serial: int, names: 
     code_am = "/" if rng.random() > 0.06 else rng.choice(ABSENCE_CODES + PRESENT_OTHER)
     code_pm = "\\" if rng.random() > 0.06 else (code_am if code_am != "/" else rng.choice(ABSENCE_CODES))
     day = EXTRACT_DATE.isoformat()
-    sessions = [{"date": day, "session": "AM", "code": code_am}, {"date": day, "session": "PM", "code": code_pm}]
+    sessions = [
+        {"date": day, "session": "AM", "code": code_am},
+        {"date": day, "session": "PM", "code": code_pm},
+    ]
     if rng.random() < 0.05:  # an amendment to an earlier day within the window
-        sessions.append({"date": _weekday_before(EXTRACT_DATE, rng.randint(1, 6)).isoformat(),
-                         "session": rng.choice(("AM", "PM")), "code": rng.choice(ABSENCE_CODES)})
+        sessions.append(
+            {
+                "date": _weekday_before(EXTRACT_DATE, rng.randint(1, 6)).isoformat(),
+                "session": rng.choice(("AM", "PM")),
+                "code": rng.choice(ABSENCE_CODES),
+            }
+        )
     pupil = {
         "upn": make_upn(la, establishment, rng.randint(15, 25), serial),
         "date_of_birth": _date_of_birth(rng, age),
@@ -155,8 +186,9 @@ def _chunk(header: dict, pupils: list[dict]) -> list[bytes]:
     return messages
 
 
-def build_day(schools: int, *, seed: int, fault_rate: float, names: bool
-              ) -> tuple[list[list[bytes]], pa.Table, int, int]:
+def build_day(
+    schools: int, *, seed: int, fault_rate: float, names: bool
+) -> tuple[list[list[bytes]], pa.Table, int, int]:
     """(messages per extract, register, pupils, marks) for one synthetic day."""
     rng = random.Random(seed)
     kinds, weights = list(PUPIL_FAULTS), list(PUPIL_FAULTS.values())
@@ -173,10 +205,15 @@ def build_day(schools: int, *, seed: int, fault_rate: float, names: bool
         for position in range(size):
             if rng.random() < fault_rate:
                 _inject(rng, pupils, rng.choices(kinds, weights)[0], position)
-        header = {"schema_version": "1", "extract_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
-                  "urn": urn, "laestab": laestab, "extract_date": EXTRACT_DATE.isoformat(),
-                  "generated_at": f"{EXTRACT_DATE.isoformat()}T16:{rng.randint(0, 59):02d}:00+00:00",
-                  "pupil_count": size}
+        header = {
+            "schema_version": "1",
+            "extract_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "urn": urn,
+            "laestab": laestab,
+            "extract_date": EXTRACT_DATE.isoformat(),
+            "generated_at": f"{EXTRACT_DATE.isoformat()}T16:{rng.randint(0, 59):02d}:00+00:00",
+            "pupil_count": size,
+        }
         message_fault = rng.choice(MESSAGE_FAULTS) if rng.random() < fault_rate / 2 else None
         if message_fault == "unknown_urn":
             register_rows.pop()
@@ -206,8 +243,10 @@ def read_directory(directory: Path) -> tuple[list[list[bytes]], pa.Table, int, i
             continue
         header = {k: v for k, v in document.items() if k != "pupils"}
         extracts.append(_chunk(header, document["pupils"]))
-        register_rows.setdefault(str(header.get("urn")), {"urn": str(header.get("urn")),
-                                                          "laestab": str(header.get("laestab")), "status": "Open"})
+        register_rows.setdefault(
+            str(header.get("urn")),
+            {"urn": str(header.get("urn")), "laestab": str(header.get("laestab")), "status": "Open"},
+        )
         total_pupils += len(document["pupils"])
         total_marks += sum(len(p.get("sessions") or []) for p in document["pupils"] if isinstance(p, dict))
     if not extracts:
@@ -227,14 +266,26 @@ def batches(extracts: list[list[bytes]], size: int) -> Iterator[list[bytes]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--schools", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-rate", type=float, default=0.01, help="Share of pupils with a fault")
-    parser.add_argument("--names", action="store_true", help="Every pupil also carries forename and surname")
+    parser.add_argument(
+        "--no-names",
+        dest="names",
+        action="store_false",
+        help="Leave out the forename and surname every pupil carries by default",
+    )
     parser.add_argument("--batch-messages", type=int, default=200, help="Messages per decode call")
-    parser.add_argument("--from", dest="source", type=Path, default=None,
-                        help="Read extract files from this directory instead of building a day")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        default=None,
+        help="Read extract files from this directory instead of building a day",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="Run the timed loop this many times; best")
     args = parser.parse_args()
 
@@ -243,15 +294,18 @@ def main() -> None:
         extracts, register, pupils, marks = read_directory(args.source)
         extract_date = None
     else:
-        extracts, register, pupils, marks = build_day(args.schools, seed=args.seed, fault_rate=args.fault_rate,
-                                                      names=args.names)
+        extracts, register, pupils, marks = build_day(
+            args.schools, seed=args.seed, fault_rate=args.fault_rate, names=args.names
+        )
         extract_date = EXTRACT_DATE
     work = list(batches(extracts, args.batch_messages))
     message_count = sum(len(b) for b in work)
     megabytes = sum(len(m) for b in work for m in b) / 1e6
-    print(f"built {len(extracts):,} extracts, {message_count:,} messages ({megabytes:,.0f} MB), "
-          f"{pupils:,} pupils, {marks:,} marks in {time.perf_counter() - started:.1f}s; "
-          f"{len(work)} batches of <= {args.batch_messages} messages")
+    print(
+        f"built {len(extracts):,} extracts, {message_count:,} messages ({megabytes:,.0f} MB), "
+        f"{pupils:,} pupils, {marks:,} marks in {time.perf_counter() - started:.1f}s; "
+        f"{len(work)} batches of <= {args.batch_messages} messages"
+    )
 
     best_cpu = best_wall = float("inf")
     for _ in range(args.repeat):
@@ -260,28 +314,42 @@ def main() -> None:
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for batch in work:
             decoded = decode_messages(batch)
-            today = extract_date or (decoded.headers.column("extract_date")[0].as_py()
-                                     if decoded.headers.num_rows else dt.date.today())
+            today = extract_date or (
+                decoded.headers.column("extract_date")[0].as_py()
+                if decoded.headers.num_rows
+                else dt.date.today()
+            )
             header_rejections = check_headers(decoded.headers, register, today, max_age_days=30)
             consistency = check_extract_consistency(decoded.headers)
-            result = validate_records(decoded.headers, decoded.pupils, decoded.marks,
-                                      amendment_window_school_days=7)
+            result = validate_records(
+                decoded.headers, decoded.pupils, decoded.marks, amendment_window_school_days=7
+            )
             accepted_pupils += result.accepted_pupils.num_rows
             accepted_marks += result.accepted_marks.num_rows
             extra += decoded.extra_fields_dropped
             slow += decoded.slow_path_messages
-            for table in (decoded.message_rejections, decoded.pupil_rejections, decoded.mark_rejections,
-                          header_rejections, consistency, result.rejections):
+            for table in (
+                decoded.message_rejections,
+                decoded.pupil_rejections,
+                decoded.mark_rejections,
+                header_rejections,
+                consistency,
+                result.rejections,
+            ):
                 reasons.update(table.column("reason_code").to_pylist())
         best_cpu = min(best_cpu, time.process_time() - cpu0)
         best_wall = min(best_wall, time.perf_counter() - wall0)
 
-    print(f"decode + check_headers + check_extract_consistency + validate_records: "
-          f"{best_cpu:.2f}s CPU ({best_wall:.2f}s wall)")
+    print(
+        f"decode + check_headers + check_extract_consistency + validate_records: "
+        f"{best_cpu:.2f}s CPU ({best_wall:.2f}s wall)"
+    )
     print(f"pupil records/s: {pupils / best_cpu:,.0f} (wall {pupils / best_wall:,.0f})")
     print(f"marks/s:         {marks / best_cpu:,.0f} (wall {marks / best_wall:,.0f})")
-    print(f"accepted: {accepted_pupils:,} pupils, {accepted_marks:,} marks; slow-path messages: {slow}; "
-          f"fields outside the contract dropped: {extra:,}")
+    print(
+        f"accepted: {accepted_pupils:,} pupils, {accepted_marks:,} marks; slow-path messages: {slow}; "
+        f"fields outside the contract dropped: {extra:,}"
+    )
     for code, count in sorted(reasons.items()):
         print(f"  {code:30s} {count:>8,}")
 

@@ -60,9 +60,7 @@ def load_optouts(source: str) -> pa.Table | None:
             {
                 "urn": pa.array([s.urn for s in states.values()], pa.string()),
                 "status": pa.array([s.status for s in states.values()], pa.string()),
-                "effective_at": pa.array(
-                    [s.effective_at for s in states.values()], pa.timestamp("us", tz="UTC")
-                ),
+                "effective_at": pa.array([s.effective_at for s in states.values()], pa.timestamp("us", tz="UTC")),
             }
         )
     path = Path(source)
@@ -95,9 +93,7 @@ _OPTOUTS_HELP = (
 
 
 @click.command("aggregate")
-@click.option(
-    "--date", "day", default=None, help="Recompute this register day (YYYY-MM-DD) and its periods only."
-)
+@click.option("--date", "day", default=None, help="Recompute this register day (YYYY-MM-DD) and its periods only.")
 @click.option("--full", is_flag=True, help="Recompute every day and rebuild the per-pupil running totals.")
 @click.option("--optouts", default="kafka", show_default=True, help=_OPTOUTS_HELP)
 def aggregate(day: str | None, full: bool, optouts: str) -> None:
@@ -115,10 +111,7 @@ def aggregate(day: str | None, full: bool, optouts: str) -> None:
     click.echo(report.summary())
     _export_metrics("attendance_aggregate", AGGREGATE_METRICS)
     if report.excluded_marks:
-        click.echo(
-            "marks not counted: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(report.excluded_marks.items()) if v)
-        )
+        click.echo("marks not counted: " + ", ".join(f"{k} {v}" for k, v in sorted(report.excluded_marks.items()) if v))
 
 
 @click.command("publish")
@@ -201,9 +194,7 @@ def scheduler(releases: tuple[str, ...], once: bool, aggregate_first: bool, opto
     if settings.metrics_port and not once:
         from attendance.http import Readiness, start_http_server
 
-        readiness = Readiness(
-            needs_partitions=False, heartbeat_timeout_s=4 * get_stats_config().scheduler_tick_seconds
-        )
+        readiness = Readiness(needs_partitions=False, heartbeat_timeout_s=4 * get_stats_config().scheduler_tick_seconds)
         server, heartbeat = start_http_server(settings.metrics_port, readiness), readiness.heartbeat
     loop = rel.ReleaseScheduler(
         lake_uri, [_date(r, "--release") for r in releases], before_prepare=before_prepare, on_tick=heartbeat
@@ -245,9 +236,7 @@ def screen(data_csv: Path, meta_csv: Path | None) -> None:
 @click.command("pre-release-access")
 @click.option("--release", "release_date", required=True, help="Release date (YYYY-MM-DD).")
 @click.option("--user", required=True, help="User name to grant.")
-@click.option(
-    "--role", type=click.Choice(["pre_release", "producer"]), default="pre_release", show_default=True
-)
+@click.option("--role", type=click.Choice(["pre_release", "producer"]), default="pre_release", show_default=True)
 def pre_release_access(release_date: str, user: str, role: str) -> None:
     """Add a user to a release's pre-release access list."""
     from official_stats.release import grant_access

@@ -24,13 +24,10 @@ class StatsConfig(BaseSettings):
     min_pupil_count: int = Field(
         default=10,
         ge=0,
-        description="A row whose pupil count (enrolments, or the PA denominator) is below this is "
-        "suppressed.",
+        description="A row whose pupil count (enrolments, or the PA denominator) is below this is suppressed.",
     )
     rate_dp: int = Field(default=2, ge=0, le=6, description="Decimal places of published rates.")
-    count_dp: int = Field(
-        default=0, ge=0, le=3, description="Decimal places of published means (enrolments)."
-    )
+    count_dp: int = Field(default=0, ge=0, le=3, description="Decimal places of published means (enrolments).")
 
     # --- incremental aggregation ---------------------------------------------------------------------
     pending_extract_max_age_days: int = Field(
@@ -42,9 +39,7 @@ class StatsConfig(BaseSettings):
     # --- release -------------------------------------------------------------------------------------
     release_time: str = Field(default="09:30", description="Publication time, local (Europe/London).")
     timezone: str = "Europe/London"
-    pre_release_hours: float = Field(
-        default=24.0, gt=0, description="Pre-release access window before release."
-    )
+    pre_release_hours: float = Field(default=24.0, gt=0, description="Pre-release access window before release.")
     prepare_lead_hours: float = Field(
         default=24.0, gt=0, description="Outputs are prepared under embargo this long before release."
     )

@@ -33,9 +33,7 @@ _CHARACTERISTICS = [
         "Reception, Year 1 ... Year 14, Not following the national curriculum, Other",
     ),
 ]
-_COUNTS = [
-    _f(c, pa.int64(), f"Sessions: {c} (DfE arithmetic, official_stats.measures)") for c in COUNT_COLUMNS
-]
+_COUNTS = [_f(c, pa.int64(), f"Sessions: {c} (DfE arithmetic, official_stats.measures)") for c in COUNT_COLUMNS]
 _RATES = [
     _f(c, pa.float64(), f"{c}: sessions / possible sessions x 100 (null when no possible sessions)")
     for c in RATE_COLUMNS
@@ -163,10 +161,7 @@ VIEWS = register(
                 ),
                 _f("school_submitted_count", pa.int64(), "Distinct schools with counted data in the period"),
                 _f("school_all_count", pa.int64(), "In-scope open schools in the register"),
-                *[
-                    _f(c, pa.int64(), "Persistent absence (Term and Year to date rows)")
-                    for c in PA_COUNT_COLUMNS
-                ],
+                *[_f(c, pa.int64(), "Persistent absence (Term and Year to date rows)") for c in PA_COUNT_COLUMNS],
                 *_RATES,
                 *[_f(name, pa.float64(), f"{num} / pa_enrolments x 100") for name, num in PA_RATE_COLUMNS],
             ]
@@ -202,8 +197,7 @@ AGGREGATION_STATE = register(
         ),
         partition_by=(),
         key=("run_id",),
-        purpose="One row per aggregation run: the state the next incremental run starts from, and an "
-        "audit trail.",
+        purpose="One row per aggregation run: the state the next incremental run starts from, and an audit trail.",
         pupil_level=False,
     )
 )

@@ -83,9 +83,7 @@ def primary_suppression(rows: pl.DataFrame, rules: DisclosureRules) -> pl.Series
     )
     few = pl.col("enrolments").fill_null(0) < rules.min_pupil_count
     if "pa_enrolments" in rows.columns:
-        few = few | (
-            pl.col("pa_enrolments").is_not_null() & (pl.col("pa_enrolments") < rules.min_pupil_count)
-        )
+        few = few | (pl.col("pa_enrolments").is_not_null() & (pl.col("pa_enrolments") < rules.min_pupil_count))
     reason = (
         pl.when(single)
         .then(pl.lit(SINGLE_SCHOOL))
@@ -171,12 +169,8 @@ def additive_groups(rows: pl.DataFrame) -> pl.DataFrame:
         parts.append(
             pl.concat(
                 [
-                    ytd.select(
-                        (pl.lit("ytd#") + key).alias("group"), "row_id", pl.lit(True).alias("is_total")
-                    ),
-                    terms.select(
-                        (pl.lit("ytd#") + key).alias("group"), "row_id", pl.lit(False).alias("is_total")
-                    ),
+                    ytd.select((pl.lit("ytd#") + key).alias("group"), "row_id", pl.lit(True).alias("is_total")),
+                    terms.select((pl.lit("ytd#") + key).alias("group"), "row_id", pl.lit(False).alias("is_total")),
                 ]
             )
         )
@@ -210,9 +204,7 @@ def secondary_suppression(
             .group_by("group", maintain_order=True)
             .first()
         )
-        totals = candidates.filter(pl.col("is_total")).join(
-            components.select("group"), on="group", how="anti"
-        )
+        totals = candidates.filter(pl.col("is_total")).join(components.select("group"), on="group", how="anti")
         new_rows = pl.concat([components["row_id"], totals["row_id"]]).unique()
         if new_rows.len() == 0:
             break
@@ -251,9 +243,7 @@ def recoverable_rows(rows: pl.DataFrame, suppressed: pl.Series) -> list[int]:
     A checker for tests and for release verification: empty when disclosure control holds.
     """
     groups = additive_groups(rows.with_row_index("row_id"))
-    flagged = groups.with_columns(
-        suppressed.cast(pl.Boolean).gather(groups["row_id"].cast(pl.Int64)).alias("_s")
-    )
+    flagged = groups.with_columns(suppressed.cast(pl.Boolean).gather(groups["row_id"].cast(pl.Int64)).alias("_s"))
     counts = flagged.group_by("group").agg(pl.col("_s").sum().alias("_k"))
     leaking = flagged.join(counts.filter(pl.col("_k") == 1), on="group").filter(pl.col("_s"))
     return sorted(set(leaking["row_id"].to_list()))

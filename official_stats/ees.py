@@ -145,17 +145,14 @@ def indicators(rules: DisclosureRules, with_pa: bool, daily: bool) -> list[Indic
             "Pupils and schools",
             kind="school_count",
         ),
-        Indicator(
-            "school_all_count", "Schools in scope in the register", "Pupils and schools", kind="school_count"
-        ),
+        Indicator("school_all_count", "Schools in scope in the register", "Pupils and schools", kind="school_count"),
     ]
     items += [Indicator(c, _SESSION_LABELS[c], "Sessions") for c in SESSION_COUNT_COLUMNS]
     for code, column in REASON_COLUMNS:
         meaning = CODES_BY_MARK[code].meaning
         items.append(Indicator(column, f"Sessions: {meaning} (code {code})", "Sessions by reason"))
     items += [
-        Indicator(name, _HEADLINE_RATE_LABELS[name], "Rates", "%", rules.rate_dp, "rate")
-        for name, _ in HEADLINE_RATES
+        Indicator(name, _HEADLINE_RATE_LABELS[name], "Rates", "%", rules.rate_dp, "rate") for name, _ in HEADLINE_RATES
     ]
     for name, numerator in REASON_RATES:
         code = _code_of(numerator)
@@ -171,15 +168,9 @@ def indicators(rules: DisclosureRules, with_pa: bool, daily: bool) -> list[Indic
         )
     if with_pa:
         items += [
-            Indicator(
-                "pa_enrolments", "Enrolments with possible sessions in the period", "Persistent absence"
-            ),
-            Indicator(
-                "enrolments_pa_10_exact", "Persistently absent enrolments (10% or more)", "Persistent absence"
-            ),
-            Indicator(
-                "enrolments_pa_50_exact", "Severely absent enrolments (50% or more)", "Persistent absence"
-            ),
+            Indicator("pa_enrolments", "Enrolments with possible sessions in the period", "Persistent absence"),
+            Indicator("enrolments_pa_10_exact", "Persistently absent enrolments (10% or more)", "Persistent absence"),
+            Indicator("enrolments_pa_50_exact", "Severely absent enrolments (50% or more)", "Persistent absence"),
             Indicator(
                 PA_RATE_COLUMNS[0][0],
                 "Persistent absence rate",
@@ -188,16 +179,12 @@ def indicators(rules: DisclosureRules, with_pa: bool, daily: bool) -> list[Indic
                 rules.rate_dp,
                 "rate",
             ),
-            Indicator(
-                PA_RATE_COLUMNS[1][0], "Severe absence rate", "Persistent absence", "%", rules.rate_dp, "rate"
-            ),
+            Indicator(PA_RATE_COLUMNS[1][0], "Severe absence rate", "Persistent absence", "%", rules.rate_dp, "rate"),
         ]
     return items
 
 
-PHASE_FILTER = Filter(
-    "education_phase", "Education phase", "State-funded primary, secondary and special schools"
-)
+PHASE_FILTER = Filter("education_phase", "Education phase", "State-funded primary, secondary and special schools")
 TIME_FRAME_FILTER = Filter("time_frame", "Time frame", "A single day, or the whole week", default=WEEK)
 FILTERS_BY_NAME = {
     "fsm_status": Filter("fsm_status", "Free school meals eligibility", "Pupils' FSM eligibility"),
@@ -229,9 +216,7 @@ def _time_columns(rows: pl.DataFrame) -> pl.DataFrame:
         .then(pl.col("term"))
         .otherwise(pl.lit("Academic year"))
     )
-    weekday = start.dt.weekday().replace_strict(
-        {i + 1: n for i, n in enumerate(WEEKDAY_NAMES)}, return_dtype=pl.String
-    )
+    weekday = start.dt.weekday().replace_strict({i + 1: n for i, n in enumerate(WEEKDAY_NAMES)}, return_dtype=pl.String)
     return rows.with_columns(
         period.alias("time_period"),
         identifier.alias("time_identifier"),
@@ -257,9 +242,7 @@ def _indicator_value(item: Indicator, suppressed: pl.Expr, pa_available: bool) -
     if item.kind == "date":
         return pl.lit("")  # filled by the caller
     if item.kind == "school_count":
-        return (
-            pl.when(column.is_null()).then(pl.lit(NOT_APPLICABLE)).otherwise(_fmt_number(item.name, item.dp))
-        )
+        return pl.when(column.is_null()).then(pl.lit(NOT_APPLICABLE)).otherwise(_fmt_number(item.name, item.dp))
     is_pa = item.name in PA_COUNT_COLUMNS or item.name in {n for n, _ in PA_RATE_COLUMNS}
     if is_pa and not pa_available:
         return pl.lit(NOT_AVAILABLE)
@@ -276,9 +259,7 @@ def _indicator_value(item: Indicator, suppressed: pl.Expr, pa_available: bool) -
     )
 
 
-def _data_frame(
-    rows: pl.DataFrame, items: list[Indicator], filters: list[str], pa_available: bool
-) -> pl.DataFrame:
+def _data_frame(rows: pl.DataFrame, items: list[Indicator], filters: list[str], pa_available: bool) -> pl.DataFrame:
     rows = _time_columns(rows)
     suppressed = pl.col("suppressed")
     values = []
@@ -370,14 +351,10 @@ def _sorted(rows: pl.DataFrame) -> pl.DataFrame:
             .replace_strict({WEEK: 1, DAY: 0, TERM: 2, YEAR_TO_DATE: 3}, default=9, return_dtype=pl.Int8)
             .alias("_frame_order"),
             pl.col("geographic_level")
-            .replace_strict(
-                {"National": 0, "Regional": 1, LOCAL_AUTHORITY: 2}, default=9, return_dtype=pl.Int8
-            )
+            .replace_strict({"National": 0, "Regional": 1, LOCAL_AUTHORITY: 2}, default=9, return_dtype=pl.Int8)
             .alias("_level_order"),
             pl.col("education_phase")
-            .replace_strict(
-                {"Primary": 0, "Secondary": 1, "Special": 2, TOTAL: 3}, default=9, return_dtype=pl.Int8
-            )
+            .replace_strict({"Primary": 0, "Secondary": 1, "Special": 2, TOTAL: 3}, default=9, return_dtype=pl.Int8)
             .alias("_phase_order"),
         )
         .sort(_SORT)
@@ -399,11 +376,7 @@ def build_files(disclosed: pl.DataFrame, rules: DisclosureRules, pa_available: b
     files: list[EesFile] = []
     for name, frames, characteristics in specs:
         rows = disclosed.filter(pl.col("time_frame").is_in(frames))
-        rows = (
-            rows.filter(pl.col("geographic_level") != LOCAL_AUTHORITY)
-            if characteristics
-            else rows.filter(all_total)
-        )
+        rows = rows.filter(pl.col("geographic_level") != LOCAL_AUTHORITY) if characteristics else rows.filter(all_total)
         if rows.height == 0:
             continue
         daily = DAY in frames
@@ -424,9 +397,7 @@ def disclose(views: pl.DataFrame, rules: DisclosureRules) -> pl.DataFrame:
 def _blank_as_null(frame: pl.DataFrame) -> pl.DataFrame:
     """Empty strings written as empty fields (not ``""``)."""
     strings = [c for c, t in frame.schema.items() if t == pl.String]
-    return frame.with_columns(
-        [pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in strings]
-    )
+    return frame.with_columns([pl.when(pl.col(c) == "").then(None).otherwise(pl.col(c)).alias(c) for c in strings])
 
 
 def write_files(files: list[EesFile], directory: Path) -> list[Path]:

@@ -213,9 +213,7 @@ def _dates_from_log_files(path: str, first: int, last: int) -> set[dt.date]:
     dates: set[dt.date] = set()
     for version in range(first, last + 1):
         commit = log_dir / f"{version:020d}.json"
-        with commit.open(
-            "r", encoding="utf-8"
-        ) as handle:  # FileNotFoundError: log cleaned up -> caller falls back
+        with commit.open("r", encoding="utf-8") as handle:  # FileNotFoundError: log cleaned up -> caller falls back
             for line in handle:
                 if not line.strip():
                     continue
@@ -229,14 +227,10 @@ def _dates_from_log_files(path: str, first: int, last: int) -> set[dt.date]:
 
 def _file_date_set(delta: DeltaTable) -> set[tuple[str, object]]:
     actions = pa.table(delta.get_add_actions(flatten=True))
-    return set(
-        zip(actions.column("path").to_pylist(), actions.column("partition.date").to_pylist(), strict=True)
-    )
+    return set(zip(actions.column("path").to_pylist(), actions.column("partition.date").to_pylist(), strict=True))
 
 
-def changed_dates(
-    lake: Lake, contract: TableContract, since_version: int | None, until_version: int
-) -> set[dt.date]:
+def changed_dates(lake: Lake, contract: TableContract, since_version: int | None, until_version: int) -> set[dt.date]:
     """Register days whose partitions changed after ``since_version`` up to ``until_version``.
 
     ``since_version`` None: every day in the table at ``until_version``.
@@ -245,23 +239,15 @@ def changed_dates(
     if delta is None:
         return set()
     if since_version is None:
-        return _partition_dates(
-            pa.table(delta.get_add_actions(flatten=True)).column("partition.date").to_pylist()
-        )
+        return _partition_dates(pa.table(delta.get_add_actions(flatten=True)).column("partition.date").to_pylist())
     if since_version >= until_version:
         return set()
     if delta.metadata().configuration.get("delta.enableChangeDataFeed") == "true":
         try:
-            reader = delta.load_cdf(
-                starting_version=since_version + 1, ending_version=until_version, columns=["date"]
-            )
-            return _partition_dates(
-                pa.RecordBatchReader.from_stream(reader).read_all().column("date").to_pylist()
-            )
+            reader = delta.load_cdf(starting_version=since_version + 1, ending_version=until_version, columns=["date"])
+            return _partition_dates(pa.RecordBatchReader.from_stream(reader).read_all().column("date").to_pylist())
         except Exception as exc:  # CDF enabled after since_version, or cleaned up: use the log
-            log.info(
-                "change data feed unavailable for %s (%s); reading the log", contract.name, type(exc).__name__
-            )
+            log.info("change data feed unavailable for %s (%s); reading the log", contract.name, type(exc).__name__)
     path = lake.path(contract)
     if "://" not in path or path.startswith("file://"):
         try:
@@ -335,9 +321,7 @@ class DayResult:
 def recompute_day(
     lake: Lake, day: dt.date, sessions_version: int | None, ref: Reference, config: StatsConfig
 ) -> DayResult:
-    marks = lake.read(
-        table("attendance_sessions"), _SESSION_COLUMNS, _date_filter(day), version=sessions_version
-    )
+    marks = lake.read(table("attendance_sessions"), _SESSION_COLUMNS, _date_filter(day), version=sessions_version)
     extracts = _extracts_for(lake, marks["extract_id"], day)
     result = scope.apply_scope(
         marks,
@@ -352,9 +336,7 @@ def recompute_day(
     register = scope.schools_in_scope(ref.schools, day)
     day_rows = views.day_rows(cells, register) if cells.height else pl.DataFrame()
     school_rows = (
-        views.school_day_rows(cells).join(
-            ref.schools.select("urn", "laestab", "school_name"), on="urn", how="left"
-        )
+        views.school_day_rows(cells).join(ref.schools.select("urn", "laestab", "school_name"), on="urn", how="left")
         if cells.height
         else pl.DataFrame()
     )
@@ -444,12 +426,8 @@ def _apply_pupil_day_changes(
     old = _term_totals(lake.read(contracts.PUPIL_DAY, filter=day_filter, version=applied))
     delta = new.join(old, on=_TOTAL_KEYS, how="full", coalesce=True, suffix="_old").select(
         *_TOTAL_KEYS,
-        (pl.col("possible_sessions").fill_null(0) - pl.col("possible_sessions_old").fill_null(0)).alias(
-            "d_possible"
-        ),
-        (pl.col("overall_absence").fill_null(0) - pl.col("overall_absence_old").fill_null(0)).alias(
-            "d_absence"
-        ),
+        (pl.col("possible_sessions").fill_null(0) - pl.col("possible_sessions_old").fill_null(0)).alias("d_possible"),
+        (pl.col("overall_absence").fill_null(0) - pl.col("overall_absence_old").fill_null(0)).alias("d_absence"),
         pl.coalesce("fsm_status", "fsm_status_old").alias("fsm_status"),
         pl.coalesce("sen_status", "sen_status_old").alias("sen_status"),
         pl.coalesce("year_group", "year_group_old").alias("year_group"),
@@ -464,9 +442,7 @@ def _apply_pupil_day_changes(
         "s.upn"
     )
     (
-        totals_table.merge(
-            source, predicate=predicate, source_alias="s", target_alias="t", commit_properties=commit
-        )
+        totals_table.merge(source, predicate=predicate, source_alias="s", target_alias="t", commit_properties=commit)
         .when_matched_update(
             updates={
                 "possible_sessions": "t.possible_sessions + s.d_possible",
@@ -500,9 +476,7 @@ def _apply_pupil_day_changes(
 
 
 def _school_attributes(schools: pl.DataFrame) -> pl.DataFrame:
-    return schools.select(
-        "urn", pl.col("attendance_phase").alias("education_phase"), *scope.GEOGRAPHY_COLUMNS
-    )
+    return schools.select("urn", pl.col("attendance_phase").alias("education_phase"), *scope.GEOGRAPHY_COLUMNS)
 
 
 def pa_inputs(lake: Lake, year: int, schools: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -559,8 +533,7 @@ def recompute_periods(
         school_days = lake.read(
             contracts.SCHOOL_DAILY,
             ["date", "urn", "education_phase", *scope.GEOGRAPHY_COLUMNS],
-            (ds.field("date") >= pa.scalar(first, pa.date32()))
-            & (ds.field("date") <= pa.scalar(last, pa.date32())),
+            (ds.field("date") >= pa.scalar(first, pa.date32())) & (ds.field("date") <= pa.scalar(last, pa.date32())),
         )
         register = scope.schools_in_scope(schools, days["period_end"].max() if days.height else last)
         by_term, ytd = pa_inputs(lake, year, schools)
@@ -576,16 +549,12 @@ def recompute_periods(
             )
         for start in week_starts:
             part = rows.filter((pl.col("time_frame") == views.WEEK) & (pl.col("period_start") == start))
-            lake.replace(
-                contracts.VIEWS, part, f"time_frame = '{views.WEEK}' AND period_start = {_sql_date(start)}"
-            )
+            lake.replace(contracts.VIEWS, part, f"time_frame = '{views.WEEK}' AND period_start = {_sql_date(start)}")
         weeks_done += week_starts
         for term in sorted({periods.term_of(d) for d in in_year}):
             start = periods.term_bounds(year, term)[0]
             part = rows.filter((pl.col("time_frame") == views.TERM) & (pl.col("period_start") == start))
-            lake.replace(
-                contracts.VIEWS, part, f"time_frame = '{views.TERM}' AND period_start = {_sql_date(start)}"
-            )
+            lake.replace(contracts.VIEWS, part, f"time_frame = '{views.TERM}' AND period_start = {_sql_date(start)}")
         part = rows.filter(pl.col("time_frame") == views.YEAR_TO_DATE)
         lake.replace(
             contracts.VIEWS,
@@ -611,9 +580,7 @@ def _optouts_frame(optouts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | No
     frame = optouts if isinstance(optouts, pl.DataFrame) else pl.from_arrow(optouts)
     missing = {"urn", "status", "effective_at"} - set(frame.columns)
     if missing:
-        raise UserFacingError(
-            f"the opt-outs list needs columns urn, status, effective_at (missing: {sorted(missing)})"
-        )
+        raise UserFacingError(f"the opt-outs list needs columns urn, status, effective_at (missing: {sorted(missing)})")
     return frame.select("urn", "status", "effective_at")  # type: ignore[union-attr]
 
 
@@ -659,9 +626,7 @@ def run_aggregation(
 
     pending = lake.read(contracts.PENDING_EXTRACTS)
     if full:
-        dates = changed_dates(lake, table("attendance_sessions"), None, sessions_version) | _processed_days(
-            lake
-        )
+        dates = changed_dates(lake, table("attendance_sessions"), None, sessions_version) | _processed_days(lake)
     elif day is not None:
         dates = {day}
     else:

@@ -70,9 +70,7 @@ def build_release(
     lake = Lake(lake_uri, storage_options)
     data_end = latest_day(lake, release_date + dt.timedelta(days=1) if include_release_date else release_date)
     if data_end is None:
-        raise UserFacingError(
-            f"no aggregated attendance before {release_date}: run `attendance aggregate` first"
-        )
+        raise UserFacingError(f"no aggregated attendance before {release_date}: run `attendance aggregate` first")
     year_start = periods.academic_year_start(data_end)
     year = periods.academic_year_code(year_start)
     rows = lake.read(contracts.VIEWS, filter=ds.field("academic_year") == year)
@@ -111,9 +109,7 @@ def build_release(
 
 def screen_built(files: list[ees.EesFile]) -> dict[str, screener.ScreenResult]:
     return {
-        f.name: screener.screen_frames(
-            _as_text(f.data), _as_text(f.meta), f"{f.name}.csv", f"{f.name}.meta.csv"
-        )
+        f.name: screener.screen_frames(_as_text(f.data), _as_text(f.meta), f"{f.name}.csv", f"{f.name}.meta.csv")
         for f in files
     }
 
@@ -125,13 +121,10 @@ def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
 def write_release(built: BuiltRelease, directory: Path, screen: bool = True) -> list[Path]:
     """Write the files; with ``screen``, refuse (UserFacingError) when a file fails the EES screener."""
     if screen:
-        failures = {
-            name: result.failures for name, result in screen_built(built.files).items() if not result.passed
-        }
+        failures = {name: result.failures for name, result in screen_built(built.files).items() if not result.passed}
         if failures:
             detail = "; ".join(
-                f"{name}: {', '.join(f.check + ' (' + f.message + ')' for f in fs)}"
-                for name, fs in failures.items()
+                f"{name}: {', '.join(f.check + ' (' + f.message + ')' for f in fs)}" for name, fs in failures.items()
             )
             raise UserFacingError(f"EES screener failed, nothing written: {detail}")
     return ees.write_files(built.files, directory)

@@ -144,11 +144,7 @@ def verify(directory: Path) -> list[str]:
         elif entry["bytes"] == 0:
             problems.append(f"{entry['name']} is empty")
     for name in names:
-        if (
-            name.endswith(".csv")
-            and not name.endswith(".meta.csv")
-            and name.replace(".csv", ".meta.csv") not in names
-        ):
+        if name.endswith(".csv") and not name.endswith(".meta.csv") and name.replace(".csv", ".meta.csv") not in names:
             problems.append(f"{name} has no meta file")
     return problems
 
@@ -186,9 +182,7 @@ def prepare(
     if embargo.is_dir() and not verify(embargo):
         metrics.RELEASE_STATUS.set(EMBARGOED)
         return ReleaseOutcome(release, EMBARGOED, embargo, ["already prepared"])
-    built = build_release(
-        lake_uri, release, rules, storage_options, include_release_date=include_release_date
-    )
+    built = build_release(lake_uri, release, rules, storage_options, include_release_date=include_release_date)
     staging = embargo.parent / f".{release.isoformat()}.{uuid.uuid4().hex}.tmp"
     staging.mkdir(parents=True)
     try:
@@ -315,9 +309,7 @@ def grant_access(lake_uri: str, release: dt.date, user: str, role: str = PRE_REL
         raise UserFacingError(f"role must be {PRODUCER} or {PRE_RELEASE}, not {role!r}")
     paths = ReleasePaths.for_lake(lake_uri)
     rows = read_access_list(paths.access_list)
-    if any(
-        r["release_date"] == release.isoformat() and r["user"] == user and r["role"] == role for r in rows
-    ):
+    if any(r["release_date"] == release.isoformat() and r["user"] == user and r["role"] == role for r in rows):
         return
     paths.root.mkdir(parents=True, exist_ok=True)
     new = not paths.access_list.exists()
@@ -452,9 +444,7 @@ class ReleaseScheduler:
                 try:
                     if self.before_prepare is not None:
                         self.before_prepare()
-                    happened.append(
-                        prepare(self.lake_uri, release, now, config=self.config, rules=self.rules)
-                    )
+                    happened.append(prepare(self.lake_uri, release, now, config=self.config, rules=self.rules))
                 except UserFacingError as exc:
                     log.error("could not prepare release %s: %s", release, exc)
                     if now >= at:

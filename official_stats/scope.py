@@ -58,9 +58,9 @@ class ScopeResult:
 
 def age_at_start_of_year_expr(date_of_birth: pl.Expr, academic_year_start: pl.Expr) -> pl.Expr:
     """Age in whole years on 31 August of ``academic_year_start`` (before the academic year begins)."""
-    return (
-        academic_year_start - date_of_birth.dt.year() - (date_of_birth.dt.month() >= 9).cast(pl.Int32)
-    ).cast(pl.Int32)
+    return (academic_year_start - date_of_birth.dt.year() - (date_of_birth.dt.month() >= 9).cast(pl.Int32)).cast(
+        pl.Int32
+    )
 
 
 def fsm_status_expr(fsm_eligible: pl.Expr) -> pl.Expr:
@@ -83,9 +83,7 @@ def year_group_expr(nc_year_group: pl.Expr) -> pl.Expr:
     return nc_year_group.replace_strict(mapping, default="Other", return_dtype=pl.String)
 
 
-def opted_out_mask(
-    keys: pl.DataFrame, optouts: pl.DataFrame | None, timezone: str = "Europe/London"
-) -> pl.Series:
+def opted_out_mask(keys: pl.DataFrame, optouts: pl.DataFrame | None, timezone: str = "Europe/London") -> pl.Series:
     """For each row of ``keys`` (``urn``, ``date``): True when the school is opted out on that date.
 
     ``optouts``: ``urn``, ``status`` (``opted_out``/``opted_in``), ``effective_at`` (timestamp; UTC when
@@ -215,6 +213,4 @@ def schools_in_scope(schools: pl.DataFrame, on: object) -> pl.DataFrame:
     opened = pl.col("open_date").is_null() | (pl.col("open_date") <= date)
     not_closed = pl.col("close_date").is_null() | (pl.col("close_date") > date)
     status_ok = ~(pl.col("close_date").is_null() & pl.col("status").fill_null("").str.starts_with("Closed"))
-    return schools.filter(
-        pl.col("attendance_phase").is_in(list(IN_SCOPE_PHASES)) & opened & not_closed & status_ok
-    )
+    return schools.filter(pl.col("attendance_phase").is_in(list(IN_SCOPE_PHASES)) & opened & not_closed & status_ok)

@@ -246,9 +246,7 @@ class ScreenResult:
         return {r.check: r for r in self.results}
 
 
-def _r(
-    check: str, ok: bool, message_ok: str, message_bad: str, stage: str, severity: str = FAIL
-) -> CheckResult:
+def _r(check: str, ok: bool, message_ok: str, message_bad: str, stage: str, severity: str = FAIL) -> CheckResult:
     return CheckResult(check, PASS if ok else severity, message_ok if ok else message_bad, stage)
 
 
@@ -279,9 +277,7 @@ def cols_meta(meta: pl.DataFrame, grouping_cols: bool = False) -> list[str]:
 
 def filters_of(meta: pl.DataFrame, include_filter_groups: bool = False) -> list[str]:
     filters = [
-        n
-        for n, t in zip(_meta_values(meta, "col_name"), _meta_values(meta, "col_type"), strict=True)
-        if t == "Filter"
+        n for n, t in zip(_meta_values(meta, "col_name"), _meta_values(meta, "col_type"), strict=True) if t == "Filter"
     ]
     if include_filter_groups:
         filters += [g for g in _meta_values(meta, "filter_grouping_column") if g]
@@ -397,8 +393,7 @@ def precheck_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult
             "precheck_col_req_meta",
             not missing_meta,
             "All of the required columns are present in the metadata file.",
-            "The following required columns are missing from the metadata file: "
-            f"'{', '.join(missing_meta)}'.",
+            f"The following required columns are missing from the metadata file: '{', '.join(missing_meta)}'.",
             stage,
         ),
         _r(
@@ -418,8 +413,7 @@ def precheck_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult
         _r(
             "precheck_col_to_rows",
             data_cols >= meta_rows,
-            f"There are no more rows in the metadata file ({meta_rows}) than non-mandatory data columns "
-            f"({data_cols}).",
+            f"There are no more rows in the metadata file ({meta_rows}) than non-mandatory data columns ({data_cols}).",
             f"There are more rows in the metadata file ({meta_rows}) than the number of non-mandatory "
             "columns in "
             f"the data file ({data_cols}).",
@@ -490,8 +484,7 @@ def check_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_col_snake_case",
             not bad_chars,
             "The variable names in the data file follow the snake_case convention.",
-            "The following invalid characters were found in the variable names of the data file: "
-            f"{bad_chars}.",
+            f"The following invalid characters were found in the variable names of the data file: {bad_chars}.",
             stage,
             WARNING,
         ),
@@ -499,8 +492,7 @@ def check_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_col_var_start",
             not bad_start,
             "All variable names in the data file start with a lowercase letter.",
-            "The following variable names start with a character that isn't a lowercase letter: "
-            f"'{bad_start}'.",
+            f"The following variable names start with a character that isn't a lowercase letter: '{bad_start}'.",
             stage,
             WARNING,
         ),
@@ -508,15 +500,13 @@ def check_columns(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_col_ind_smushed",
             not smushed,
             "No indicators found containing typical filter entries.",
-            "The following indicators appear to not conform to tidy data principles: "
-            f"'{', '.join(smushed)}'.",
+            f"The following indicators appear to not conform to tidy data principles: '{', '.join(smushed)}'.",
             stage,
         ),
         _r(
             "check_col_var_characteristic",
             not characteristic,
-            "Neither 'characteristic' nor 'characteristic_group' were found as listed fields in the "
-            "metadata file.",
+            "Neither 'characteristic' nor 'characteristic_group' were found as listed fields in the metadata file.",
             "The fields 'characteristic' and / or 'characteristic_group' have been included in the data.",
             stage,
             WARNING,
@@ -534,24 +524,20 @@ def precheck_meta(meta: pl.DataFrame) -> list[CheckResult]:
     )  # precheck_meta_col_type.R@16c8402
     ob = set(acceptable_ob_units()) - {"school_name", "provider_name"}  # precheck_meta_ob_unit.R@1217d97
     ob_in_meta = [c for c in cols_meta(meta, grouping_cols=True) if c in ob]
-    blank_names = sum(
-        1 for v in _meta_values(meta, "col_name") if _blank(v)
-    )  # precheck_meta_col_name.R@418d460
+    blank_names = sum(1 for v in _meta_values(meta, "col_name") if _blank(v))  # precheck_meta_col_name.R@418d460
     return [
         _r(
             "precheck_meta_col_type",
             not invalid_types,
             "col_type is always 'Filter' or 'Indicator'.",
-            "The following invalid col_type values were found in the metadata file: "
-            f"'{', '.join(invalid_types)}'",
+            f"The following invalid col_type values were found in the metadata file: '{', '.join(invalid_types)}'",
             stage,
         ),
         _r(
             "precheck_meta_ob_unit",
             not ob_in_meta,
             "No observational units have been included in the metadata file.",
-            "The following observational units need removing from the metadata file: "
-            f"'{', '.join(ob_in_meta)}'.",
+            f"The following observational units need removing from the metadata file: '{', '.join(ob_in_meta)}'.",
             stage,
         ),
         _r(
@@ -576,13 +562,9 @@ def check_meta(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
     ind_with_group = [n for n, t, _, g, *_ in rows if t == "Indicator" and g]  # check_meta_fil_grp.R@418d460
     group_dupes = sorted({g for g in groups if g and groups.count(g) > 1})  # check_meta_fil_grp_dupe
     group_is_filter = [g for g in filter_groups_of(meta) if g in names]  # check_meta_fil_grp_is_fil
-    group_missing = [
-        g for g in filter_groups_of(meta) if g not in data.columns
-    ]  # check_meta_fil_grp_match.R@418d460
+    group_missing = [g for g in filter_groups_of(meta) if g not in data.columns]  # check_meta_fil_grp_match.R@418d460
     blank_labels = sum(1 for x in labels if _blank(x))  # check_meta_label.R@1016454
-    ind_hints = [
-        n for n, t, _, _, h, *_ in rows if t == "Indicator" and h
-    ]  # check_meta_filter_hint.R@1217d97
+    ind_hints = [n for n, t, _, _, h, *_ in rows if t == "Indicator" and h]  # check_meta_filter_hint.R@1217d97
     filters = [n for n, t, *_ in rows if t == "Filter"]  # check_meta_geog_catch.R@0c952cc
     filter_groups = filter_groups_of(meta)
     candidates = filters + filter_groups
@@ -592,20 +574,12 @@ def check_meta(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
     ):
         candidates = [c for c in candidates if c not in ("school_name", "provider_name")]
     geog_filters = [c for c in candidates if GEOG_CATCH_REGEX.search(c)]
-    filter_dps = [
-        n for n, t, _, _, _, d, *_ in rows if t == "Filter" and d
-    ]  # check_meta_indicator_dp.R@39a8233
+    filter_dps = [n for n, t, _, _, _, d, *_ in rows if t == "Filter" and d]  # check_meta_indicator_dp.R@39a8233
     name_spaces = [n for n in names if " " in n]  # check_meta_col_name_spaces
     name_dupes = sorted({n for n in names if names.count(n) > 1})  # check_meta_col_name_dupe
-    blank_dp = [
-        n for n, t, _, _, _, d, *_ in rows if t == "Indicator" and _blank(d)
-    ]  # check_meta_ind_dp_set.R@418d460
-    bad_dp = [
-        d for d in dps if d and not re.fullmatch(r"\d+", d.strip())
-    ]  # check_meta_ind_dp_values.R@0684ddd
-    filter_units = [
-        n for n, t, _, _, _, _, u, _ in rows if t == "Filter" and u
-    ]  # check_meta_ind_unit.R@1217d97
+    blank_dp = [n for n, t, _, _, _, d, *_ in rows if t == "Indicator" and _blank(d)]  # check_meta_ind_dp_set.R@418d460
+    bad_dp = [d for d in dps if d and not re.fullmatch(r"\d+", d.strip())]  # check_meta_ind_dp_values.R@0684ddd
+    filter_units = [n for n, t, _, _, _, _, u, _ in rows if t == "Filter" and u]  # check_meta_ind_unit.R@1217d97
     bad_units = sorted(
         {
             u
@@ -613,9 +587,7 @@ def check_meta(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             if t == "Indicator" and u and u not in ACCEPTABLE_INDICATOR_UNITS
         }
     )
-    filter_ind_groups = [
-        n for n, t, *_, g in rows if t == "Filter" and g
-    ]  # check_meta_indicator_grouping.R@1217d97
+    filter_ind_groups = [n for n, t, *_, g in rows if t == "Filter" and g]  # check_meta_indicator_grouping.R@1217d97
     return [
         _r(
             "check_meta_dupe_label",
@@ -698,8 +670,7 @@ def check_meta(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_meta_ind_dp_set",
             not blank_dp,
             "The indicator_dp column is completed for all indicators.",
-            "The following indicators do not have a specified number of decimal places: "
-            f"'{', '.join(blank_dp)}'",
+            f"The following indicators do not have a specified number of decimal places: '{', '.join(blank_dp)}'",
             stage,
             WARNING,
         ),
@@ -721,8 +692,7 @@ def check_meta(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_meta_ind_unit_validation",
             not bad_units,
             "The indicator_unit values are valid",
-            "The following invalid indicator units are present in the meta data file: "
-            f"{', '.join(bad_units)}.",
+            f"The following invalid indicator units are present in the meta data file: {', '.join(bad_units)}.",
             stage,
         ),
         _r(
@@ -755,20 +725,14 @@ def check_general_null(data: pl.DataFrame, meta: pl.DataFrame) -> CheckResult:
             stage,
         )
     if values & set(LEGACY_NODATA_SYMBOLS):
-        return CheckResult(
-            "check_general_null", WARNING, "Legacy no-data symbols were found in the data file.", stage
-        )
-    return CheckResult(
-        "check_general_null", PASS, "No problematic null or legacy no-data symbols were found.", stage
-    )
+        return CheckResult("check_general_null", WARNING, "Legacy no-data symbols were found in the data file.", stage)
+    return CheckResult("check_general_null", PASS, "No problematic null or legacy no-data symbols were found.", stage)
 
 
 def check_general_dupes(data: pl.DataFrame, meta: pl.DataFrame) -> CheckResult:
     """R/check_general_dupes.R@1b6a994: duplicates across ob-unit and filter columns (School etc.
     excluded)."""
-    check_cols = [
-        c for c in dict.fromkeys(acceptable_ob_units() + filters_of(meta, True)) if c in data.columns
-    ]
+    check_cols = [c for c in dict.fromkeys(acceptable_ob_units() + filters_of(meta, True)) if c in data.columns]
     levels = _distinct(data, "geographic_level")
     exclude = (
         ["Institution", "Planning area"]
@@ -817,55 +781,38 @@ def check_filters(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             defaults[name] = default or "Total"
     for group in filter_groups_of(meta):
         defaults.setdefault(group, "Total")
-    missing_default = [
-        c for c, d in defaults.items() if c in data.columns and d not in set(_distinct(data, c))
-    ]
+    missing_default = [c for c, d in defaults.items() if c in data.columns and d not in set(_distinct(data, c))]
     # check_filter_group_level.R@9923f26: a filter group has no more levels than its filter
     bad_groups = []
-    for name, group in zip(
-        _meta_values(meta, "col_name"), _meta_values(meta, "filter_grouping_column"), strict=True
-    ):
-        if (
-            group
-            and name in data.columns
-            and group in data.columns
-            and data[group].n_unique() > data[name].n_unique()
-        ):
+    for name, group in zip(_meta_values(meta, "col_name"), _meta_values(meta, "filter_grouping_column"), strict=True):
+        if group and name in data.columns and group in data.columns and data[group].n_unique() > data[name].n_unique():
             bad_groups.append(group)
     # check_filter_item_limit.R@020b492
-    over_limit = [
-        c for c in cols_meta(meta, True) if c in data.columns and data[c].n_unique() > FILTER_ITEM_LIMIT
-    ]
+    over_limit = [c for c in cols_meta(meta, True) if c in data.columns and data[c].n_unique() > FILTER_ITEM_LIMIT]
     # check_filter_whitespace.R@1cf3b4e: filters and geography columns
     geo_cols = [c for spec in GEOGRAPHY_DF.values() for c in spec if c]
     ws = []
     for column in [c for c in dict.fromkeys(filters + geo_cols) if c in data.columns]:
         ws += [v for v in _distinct(data, column) if v is not None and v != v.strip()]
     # check_filter_ob_total.R@4305ea0: no Total/All in observational unit columns
-    ob_cols = [
-        c for c in acceptable_ob_units() if c in data.columns and c not in ("school_name", "provider_name")
-    ]
+    ob_cols = [c for c in acceptable_ob_units() if c in data.columns and c not in ("school_name", "provider_name")]
     ob_cols += [c for c in data.columns if POTENTIAL_OB_UNITS_REGEX.search(c) and c not in ob_cols]
     groups = filter_groups_of(meta)
     if len(filters) == 1 and (
-        filters[0] in ("school_name", "provider_name")
-        or (groups and groups[0] in ("school_name", "provider_name"))
+        filters[0] in ("school_name", "provider_name") or (groups and groups[0] in ("school_name", "provider_name"))
     ):
         ob_cols = [c for c in ob_cols if c not in ("school_name", "provider_name")]
     with_total = [c for c in ob_cols if set(_distinct(data, c)) & {"Total", "total", "All", "all"}]
     # check_filter_blanks.R@1068800
     blanks = [
-        c
-        for c in filters_of(meta, True)
-        if c in data.columns and any(v is None or v == "" for v in _distinct(data, c))
+        c for c in filters_of(meta, True) if c in data.columns and any(v is None or v == "" for v in _distinct(data, c))
     ]
     return [
         _r(
             "check_filter_defaults",
             not missing_default,
             "All filters and groups have a default filter item present.",
-            "A 'Total' entry or default filter item should be specified for: "
-            f"'{', '.join(missing_default)}'.",
+            f"A 'Total' entry or default filter item should be specified for: '{', '.join(missing_default)}'.",
             stage,
             WARNING,
         ),
@@ -894,8 +841,7 @@ def check_filters(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
             "check_filter_ob_total",
             not with_total,
             "There are no Total or All values in the observational unit columns.",
-            "There are Total or All rows in the following observational unit columns: "
-            f"'{', '.join(with_total)}'.",
+            f"There are Total or All rows in the following observational unit columns: '{', '.join(with_total)}'.",
             stage,
         ),
         _r(
@@ -914,9 +860,7 @@ def check_filters(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]:
 def precheck_time(data: pl.DataFrame) -> list[CheckResult]:
     stage = "Precheck time"
     periods = [p for p in _distinct(data, "time_period")]
-    non_numeric = [
-        str(p) for p in periods if p is None or not re.fullmatch(r"\d{4}(\d{2})?", str(p))
-    ]  # _num.R@1cf3b4e
+    non_numeric = [str(p) for p in periods if p is None or not re.fullmatch(r"\d{4}(\d{2})?", str(p))]  # _num.R@1cf3b4e
     all_ids = {i for group in ACCEPTABLE_TIME_IDS for i in group}
     ids = [i for i in data["time_identifier"].unique(maintain_order=True).to_list()]
     invalid = sorted(str(i) for i in ids if i not in all_ids)  # precheck_time_id_valid.R@022a95b
@@ -928,8 +872,7 @@ def precheck_time(data: pl.DataFrame) -> list[CheckResult]:
             "precheck_time_period_num",
             not non_numeric,
             "The time_period column only contains numeric values.",
-            f"Invalid time_period values: '{', '.join(non_numeric)}'; time_period must be a 4 or 6 digit "
-            "number.",
+            f"Invalid time_period values: '{', '.join(non_numeric)}'; time_period must be a 4 or 6 digit number.",
             stage,
         ),
         _r(
@@ -943,8 +886,7 @@ def precheck_time(data: pl.DataFrame) -> list[CheckResult]:
             "precheck_time_id_mix",
             not mixed,
             "The time_identifier values are mixed appropriately.",
-            f"The datafile is mixing incompatible time identifiers with '{base}': "
-            f"'{', '.join(map(str, mixed))}'.",
+            f"The datafile is mixing incompatible time identifiers with '{base}': '{', '.join(map(str, mixed))}'.",
             stage,
         ),
     ]
@@ -954,9 +896,7 @@ def check_time(data: pl.DataFrame) -> list[CheckResult]:
     stage = "Check time"
     base = data["time_identifier"].unique(maintain_order=True).to_list()[0]
     lengths = {len(str(p)) for p in _distinct(data, "time_period")}
-    want = (
-        4 if base in FOUR_DIGIT_IDS else 6 if base in SIX_DIGIT_IDS else None
-    )  # check_time_period.R@1217d97
+    want = 4 if base in FOUR_DIGIT_IDS else 6 if base in SIX_DIGIT_IDS else None  # check_time_period.R@1217d97
     ok_length = want is None or lengths == {want}
 
     def consecutive(period: str) -> bool:  # check_time_period_six.R@022a95b
@@ -1038,9 +978,7 @@ def check_geography(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]
     )
     # check_geog_combos.R@15212ea (region: Regional rows strictly, others when code not blank/x)
     if {"region_code", "region_name"} <= set(cols):
-        regional = _rows_of(
-            data.filter(pl.col("geographic_level") == "Regional"), ["region_code", "region_name"]
-        )
+        regional = _rows_of(data.filter(pl.col("geographic_level") == "Regional"), ["region_code", "region_name"])
         others = _rows_of(
             data.filter(
                 (pl.col("geographic_level") != "Regional")
@@ -1063,15 +1001,9 @@ def check_geography(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]
     # LA: (old_la_code, new_la_code, la_name); rows with new_la_code "x" or old_la_code null excluded
     if {"new_la_code", "la_name", "old_la_code"} <= set(cols):
         la_rows = data.filter(
-            (pl.col("new_la_code") != "x")
-            & pl.col("old_la_code").is_not_null()
-            & (pl.col("old_la_code") != "")
+            (pl.col("new_la_code") != "x") & pl.col("old_la_code").is_not_null() & (pl.col("old_la_code") != "")
         )
-        bad = [
-            r
-            for r in _rows_of(la_rows, ["old_la_code", "new_la_code", "la_name"])
-            if r not in acceptable_las()
-        ]
+        bad = [r for r in _rows_of(la_rows, ["old_la_code", "new_la_code", "la_name"]) if r not in acceptable_las()]
         out.append(
             _r(
                 "check_geog_la_combos",
@@ -1100,11 +1032,7 @@ def check_geography(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]
         )
     )
     # check_geog_ignored_rows: School / Provider / Institution / Planning area rows are flagged
-    ignored = [
-        str(level)
-        for level in _distinct(data, "geographic_level")
-        if level in ("Institution", "Planning area")
-    ]
+    ignored = [str(level) for level in _distinct(data, "geographic_level") if level in ("Institution", "Planning area")]
     out.append(
         _r(
             "check_geog_ignored_rows",
@@ -1172,9 +1100,7 @@ def check_geography(data: pl.DataFrame, meta: pl.DataFrame) -> list[CheckResult]
     for level in ("Opportunity area", "MAT", "Sponsor"):
         code, name, _ = GEOGRAPHY_DF[level]
         if level in _distinct(data, "geographic_level") and code in cols and name in cols:
-            counts = (
-                data.filter(pl.col(code).is_not_null() & (pl.col(code) != "")).select(code, name).unique()
-            )
+            counts = data.filter(pl.col(code).is_not_null() & (pl.col(code) != "")).select(code, name).unique()
             multi += counts.group_by(code).len().filter(pl.col("len") > 1)[code].to_list()
     out.append(
         _r(
@@ -1218,8 +1144,7 @@ def check_ind_invalid_entry(data: pl.DataFrame, meta: pl.DataFrame) -> CheckResu
     bad = [
         c
         for c in indicators_of(meta)
-        if c in data.columns
-        and data.filter(pl.col(c).is_null() | pl.col(c).is_in(["", *LEGACY_GSS_SYMBOLS])).height
+        if c in data.columns and data.filter(pl.col(c).is_null() | pl.col(c).is_in(["", *LEGACY_GSS_SYMBOLS])).height
     ]
     return _r(
         "check_ind_invalid_entry",

@@ -49,16 +49,12 @@ def make_roll(
     codes = la_codes or sorted(las)
     school_index = np.arange(n_schools)
     la_for_school = [las[codes[i % len(codes)]] for i in school_index]
-    phases = np.where(
-        school_index % 20 == 19, "Special", np.where(school_index % 4 == 3, "Secondary", "Primary")
-    )
+    phases = np.where(school_index % 20 == 19, "Special", np.where(school_index % 4 == 3, "Secondary", "Primary"))
     urns = _strings("1", school_index, 5)
     schools = pa.table(
         {
             "urn": urns,
-            "laestab": pa.array(
-                [la.old_la_code + f"{2000 + i % 8000:04d}" for i, la in enumerate(la_for_school)]
-            ),
+            "laestab": pa.array([la.old_la_code + f"{2000 + i % 8000:04d}" for i, la in enumerate(la_for_school)]),
             "school_name": _strings("Synthetic school ", school_index, 5),
             "old_la_code": pa.array([la.old_la_code for la in la_for_school]),
             "new_la_code": pa.array([la.new_la_code for la in la_for_school]),
@@ -86,9 +82,7 @@ def make_roll(
     age = np.where(is_secondary, rng.integers(11, 17, n), rng.integers(4, 11, n))
     birth_year = academic_year_start - age - 1
     birth_day = rng.integers(0, 365, n)
-    september = np.array(birth_year - 1970, dtype="datetime64[Y]").astype("datetime64[M]") + np.timedelta64(
-        8, "M"
-    )
+    september = np.array(birth_year - 1970, dtype="datetime64[Y]").astype("datetime64[M]") + np.timedelta64(8, "M")
     dob = september.astype("datetime64[D]") + birth_day
     year_group = np.clip(age - 4, 0, 13).astype(str)
     year_group = np.where(year_group == "0", "R", year_group)
@@ -137,9 +131,7 @@ def make_day(
     pm = np.where(pm == "/", "\\", pm)
     pm = np.where(am == "L", "\\", pm)
     school_urns = roll.schools.column("urn")
-    extract_ids = pa.array(
-        [str(uuid.UUID(int=(day.toordinal() << 32) + i)) for i in range(school_urns.length())]
-    )
+    extract_ids = pa.array([str(uuid.UUID(int=(day.toordinal() << 32) + i)) for i in range(school_urns.length())])
     index = pc.index_in(pupils.column("urn"), value_set=school_urns)
     pupil_extract = pc.take(extract_ids, index)
     generated = dt.datetime.combine(day, dt.time(17, 0), tzinfo=UTC)
@@ -157,12 +149,7 @@ def make_day(
             "is_unauthorised": pa.nulls(2 * n, pa.bool_()),
             "is_late": pa.nulls(2 * n, pa.bool_()),
             "extract_id": pa.concat_arrays(
-                [
-                    pupil_extract.combine_chunks()
-                    if hasattr(pupil_extract, "combine_chunks")
-                    else pupil_extract
-                ]
-                * 2
+                [pupil_extract.combine_chunks() if hasattr(pupil_extract, "combine_chunks") else pupil_extract] * 2
             ),
             "generated_at": pa.array([generated] * (2 * n), pa.timestamp("us", tz="UTC")),
             "ingested_at": pa.array([generated] * (2 * n), pa.timestamp("us", tz="UTC")),

@@ -195,9 +195,7 @@ def _with_coverage(
     reg = register.select([*_COVERAGE_KEYS, "school_all_count"])
     out = rows.join(sub, on=[*time_keys, *_COVERAGE_KEYS], how="left", nulls_equal=True)
     out = out.join(reg, on=_COVERAGE_KEYS, how="left", nulls_equal=True)
-    return out.with_columns(
-        pl.col("school_submitted_count").fill_null(0), pl.col("school_all_count").fill_null(0)
-    )
+    return out.with_columns(pl.col("school_submitted_count").fill_null(0), pl.col("school_all_count").fill_null(0))
 
 
 # --- daily views ---------------------------------------------------------------------------------------
@@ -212,9 +210,7 @@ def day_rows(cells: pl.DataFrame, register_in_scope: pl.DataFrame) -> pl.DataFra
         pl.col("urn").n_unique().cast(pl.Float64).alias("num_schools"),
     ]
     rows = aggregate_levels(cells, aggregations, ["date", "academic_year_start", "term"])
-    submitted = school_coverage_rows(
-        cells.select("date", "urn", "education_phase", *GEOGRAPHY_COLUMNS), ["date"]
-    )
+    submitted = school_coverage_rows(cells.select("date", "urn", "education_phase", *GEOGRAPHY_COLUMNS), ["date"])
     rows = _with_coverage(rows, submitted, register_coverage_rows(register_in_scope), ["date"])
     rows = rows.with_columns(
         pl.lit(DAY).alias("time_frame"),
@@ -274,9 +270,7 @@ def with_period(frame: pl.DataFrame, time_frame: str, date_column: str = "period
             .then(pl.date(year + 1, 4, 30))
             .otherwise(pl.date(year + 1, 8, 31))
         )
-        return frame.with_columns(
-            start.alias("_start"), end.alias("_end"), periods.term_expr(date).alias("_term")
-        )
+        return frame.with_columns(start.alias("_start"), end.alias("_end"), periods.term_expr(date).alias("_term"))
     if time_frame == YEAR_TO_DATE:
         return frame.with_columns(
             pl.date(year, 9, 1).alias("_start"),
@@ -311,11 +305,7 @@ def period_rows(
     )
     if time_frame == YEAR_TO_DATE:
         last = rows.group_by("academic_year").agg(pl.col("_last_day").max().alias("_ytd_end"))
-        rows = (
-            rows.join(last, on="academic_year")
-            .with_columns(pl.col("_ytd_end").alias("_end"))
-            .drop("_ytd_end")
-        )
+        rows = rows.join(last, on="academic_year").with_columns(pl.col("_ytd_end").alias("_end")).drop("_ytd_end")
     rows = rows.rename({"_start": "period_start", "_end": "period_end", "_term": "term"}).drop("_last_day")
     rows = rows.with_columns(
         pl.lit(time_frame).alias("time_frame"),

@@ -53,6 +53,15 @@ PUPIL_CHARACTERISTICS = tuple(
 )
 
 TopicPartition = tuple[str, int]
+
+import os  # noqa: E402
+
+from deltalake import BloomFilterProperties, ColumnProperties, WriterProperties  # noqa: E402
+
+WRITER_PROPERTIES = WriterProperties(
+    max_row_group_size=int(os.environ.get("RG", "1048576")),
+    column_properties={"urn": ColumnProperties(bloom_filter_properties=BloomFilterProperties(True, 0.01, 2000))},
+) if os.environ.get("BLOOM") else None
 _Offsets = dict[TopicPartition, int]
 
 
@@ -256,14 +265,15 @@ class DeltaSink:
                 if known.num_rows:
                     result = (
                         delta.merge(known, _sessions_merge_predicate(known), source_alias="s",
-                                    target_alias="t")
+                                    target_alias="t", writer_properties=WRITER_PROPERTIES)
                         .when_matched_update_all(predicate="s.generated_at > t.generated_at")
                         .when_not_matched_insert_all()
                         .execute()
                     )
                     written += _rows_changed(result)
                 if fresh.num_rows:
-                    write_deltalake(delta, fresh, mode="append", commit_properties=properties)
+                    write_deltalake(delta, fresh, mode="append", commit_properties=properties,
+                                    writer_properties=WRITER_PROPERTIES)
                     written += fresh.num_rows
                     offsets_written = True
             if not offsets_written:

@@ -195,7 +195,8 @@ class ExtractWorker:
         Delta says it stands. This covers Faust's own seek-to-committed landing past Delta's offset, and
         consumers that stop fetching (faust-streaming#175, #629)."""
         idle = time.monotonic() - self.state.last_batch_at
-        if idle < self.settings.batch_max_latency_s * 3 + 2 or self._lock.locked() or not self.assignment_ready.is_set():
+        busy = self._lock.locked() or not self.assignment_ready.is_set()
+        if busy or idle < self.settings.batch_max_latency_s * 3 + 2:
             return
         for tp, hw in highwaters.items():
             want = self.state.next_offset.get((tp.topic, tp.partition))

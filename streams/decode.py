@@ -52,56 +52,78 @@ UTC_TS = pa.timestamp("us", tz="UTC")
 
 # --- public output schemas ---------------------------------------------------------------------------------
 
-HEADERS_SCHEMA = pa.schema([
-    ("msg_index", pa.int32()),
-    ("extract_id", pa.string()),
-    ("urn", pa.string()),
-    ("laestab", pa.string()),
-    ("extract_date", pa.date32()),
-    ("generated_at", UTC_TS),
-    ("chunk_index", pa.int32()),
-    ("chunk_count", pa.int32()),
-    ("pupil_count", pa.int32()),
-    ("pupils_in_message", pa.int32()),
-    ("marks_in_message", pa.int32()),
-    ("extra_fields_in_message", pa.int32()),
-])
-PUPILS_SCHEMA = pa.schema([
-    ("msg_index", pa.int32()),
-    ("pupil_position", pa.int32()),
-    ("upn", pa.string()),
-    ("date_of_birth", pa.date32()),
-    ("sex", pa.string()),
-    ("nc_year_group", pa.string()),
-    ("ethnicity", pa.string()),
-    ("fsm_eligible", pa.bool_()),
-    ("sen_provision", pa.string()),
-    ("looked_after", pa.bool_()),
-    ("child_in_need", pa.bool_()),
-    ("child_protection_plan", pa.bool_()),
-    ("admission_date", pa.date32()),
-    ("leaving_date", pa.date32()),
-    ("marks_in_pupil", pa.int32()),
-])
-MARKS_SCHEMA = pa.schema([
-    ("msg_index", pa.int32()),
-    ("pupil_position", pa.int32()),
-    ("mark_position", pa.int32()),
-    ("date", pa.date32()),
-    ("session", pa.string()),
-    ("code", pa.string()),
-])
-MESSAGE_REJECTIONS_SCHEMA = pa.schema([
-    ("msg_index", pa.int32()), ("reason_code", pa.string()), ("field", pa.string()), ("detail", pa.string()),
-])
-PUPIL_REJECTIONS_SCHEMA = pa.schema([
-    ("msg_index", pa.int32()), ("pupil_position", pa.int32()),
-    ("reason_code", pa.string()), ("field", pa.string()), ("detail", pa.string()),
-])
-MARK_REJECTIONS_SCHEMA = pa.schema([
-    ("msg_index", pa.int32()), ("pupil_position", pa.int32()), ("mark_position", pa.int32()),
-    ("reason_code", pa.string()), ("field", pa.string()), ("detail", pa.string()),
-])
+HEADERS_SCHEMA = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("extract_id", pa.string()),
+        ("urn", pa.string()),
+        ("laestab", pa.string()),
+        ("extract_date", pa.date32()),
+        ("generated_at", UTC_TS),
+        ("chunk_index", pa.int32()),
+        ("chunk_count", pa.int32()),
+        ("pupil_count", pa.int32()),
+        ("pupils_in_message", pa.int32()),
+        ("marks_in_message", pa.int32()),
+        ("extra_fields_in_message", pa.int32()),
+    ]
+)
+PUPILS_SCHEMA = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("pupil_position", pa.int32()),
+        ("upn", pa.string()),
+        ("date_of_birth", pa.date32()),
+        ("sex", pa.string()),
+        ("nc_year_group", pa.string()),
+        ("ethnicity", pa.string()),
+        ("fsm_eligible", pa.bool_()),
+        ("sen_provision", pa.string()),
+        ("looked_after", pa.bool_()),
+        ("child_in_need", pa.bool_()),
+        ("child_protection_plan", pa.bool_()),
+        ("admission_date", pa.date32()),
+        ("leaving_date", pa.date32()),
+        ("marks_in_pupil", pa.int32()),
+    ]
+)
+MARKS_SCHEMA = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("pupil_position", pa.int32()),
+        ("mark_position", pa.int32()),
+        ("date", pa.date32()),
+        ("session", pa.string()),
+        ("code", pa.string()),
+    ]
+)
+MESSAGE_REJECTIONS_SCHEMA = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("reason_code", pa.string()),
+        ("field", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+PUPIL_REJECTIONS_SCHEMA = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("pupil_position", pa.int32()),
+        ("reason_code", pa.string()),
+        ("field", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
+MARK_REJECTIONS_SCHEMA = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("pupil_position", pa.int32()),
+        ("mark_position", pa.int32()),
+        ("reason_code", pa.string()),
+        ("field", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -129,13 +151,29 @@ class DecodedBatch:
 
 _STR, _BOOL, _INT = "string", "boolean", "integer"
 HEADER_TYPES: dict[str, str] = {
-    "schema_version": _STR, "extract_id": _STR, "urn": _STR, "laestab": _STR, "extract_date": _STR,
-    "generated_at": _STR, "chunk_index": _INT, "chunk_count": _INT, "pupil_count": _INT,
+    "schema_version": _STR,
+    "extract_id": _STR,
+    "urn": _STR,
+    "laestab": _STR,
+    "extract_date": _STR,
+    "generated_at": _STR,
+    "chunk_index": _INT,
+    "chunk_count": _INT,
+    "pupil_count": _INT,
 }
 PUPIL_TYPES: dict[str, str] = {
-    "upn": _STR, "date_of_birth": _STR, "sex": _STR, "nc_year_group": _STR, "ethnicity": _STR,
-    "fsm_eligible": _BOOL, "sen_provision": _STR, "looked_after": _BOOL, "child_in_need": _BOOL,
-    "child_protection_plan": _BOOL, "admission_date": _STR, "leaving_date": _STR,
+    "upn": _STR,
+    "date_of_birth": _STR,
+    "sex": _STR,
+    "nc_year_group": _STR,
+    "ethnicity": _STR,
+    "fsm_eligible": _BOOL,
+    "sen_provision": _STR,
+    "looked_after": _BOOL,
+    "child_in_need": _BOOL,
+    "child_protection_plan": _BOOL,
+    "admission_date": _STR,
+    "leaving_date": _STR,
 }
 PUPIL_OPTIONAL = frozenset({"ethnicity", "child_in_need", "child_protection_plan", "leaving_date"})
 PUPIL_DATES = ("date_of_birth", "admission_date", "leaving_date")
@@ -146,10 +184,12 @@ assert tuple(MARK_TYPES) == MARK_FIELDS
 
 _ARROW_TYPE = {_STR: pa.string(), _BOOL: pa.bool_(), _INT: pa.int64()}
 _RAW_MARK = pa.struct([(name, _ARROW_TYPE[t]) for name, t in MARK_TYPES.items()])
-_RAW_PUPIL = pa.struct([(name, _ARROW_TYPE[t]) for name, t in PUPIL_TYPES.items()]
-                       + [("sessions", pa.list_(_RAW_MARK))])
-_RAW_MESSAGE = pa.schema([(name, _ARROW_TYPE[t]) for name, t in HEADER_TYPES.items()]
-                         + [("pupils", pa.list_(_RAW_PUPIL))])
+_RAW_PUPIL = pa.struct(
+    [(name, _ARROW_TYPE[t]) for name, t in PUPIL_TYPES.items()] + [("sessions", pa.list_(_RAW_MARK))]
+)
+_RAW_MESSAGE = pa.schema(
+    [(name, _ARROW_TYPE[t]) for name, t in HEADER_TYPES.items()] + [("pupils", pa.list_(_RAW_PUPIL))]
+)
 _PARSE_OPTIONS = pj.ParseOptions(explicit_schema=_RAW_MESSAGE, unexpected_field_behavior="ignore")
 
 # Flat raw tables: what both paths produce before the value checks.
@@ -169,16 +209,16 @@ _FLAT_MARK = pa.schema(
 )
 
 _JSON_WHITESPACE = b" \t\n\r"
-#: Bytes of messages per Arrow parse: big enough that the ~0.25 ms cost of a call is small, small enough that a
-#: faulty message costs little to isolate (and below Arrow's int32 block size: one block per call keeps
-#: rows = messages).
+#: Bytes of messages per Arrow parse: big enough that the ~0.25 ms cost of a call is small, small enough
+#: that a faulty message costs little to isolate (and below Arrow's int32 block size: one block per call
+#: keeps rows = messages).
 _BLOCK_BYTES = 2 << 20
 _ROW_HINT = re.compile(r"in row (\d+)")
 _SCAN_SLICE_BYTES = 4 << 20  # bytes of raw messages per numpy pass in _count_keys
 _VALIDATOR = msgspec.json.Decoder(msgspec.Raw)  # strict JSON, nesting-limited, builds nothing
 
 
-# --- helpers -------------------------------------------------------------------------------------------------
+# --- helpers ------------------------------------------------------------------------------------------------
 
 
 def _json_type(value: Any) -> str:
@@ -222,6 +262,18 @@ def _is_utf8(message: bytes) -> bool:
     return True
 
 
+def _utf8_buffer(buffer: bytes) -> bool:
+    """Whether ``buffer`` is valid UTF-8 (Arrow's vectorised check, zero-copy over the bytes)."""
+    if buffer.isascii():
+        return True
+    offsets = pa.py_buffer(np.array([0, len(buffer)], dtype=np.int64))
+    try:
+        pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(buffer)]).validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
 def _count_valued_keys(document: Any) -> int:
     """Keys with a non-null value anywhere inside a decoded value (iterative: values may nest deeply)."""
     count = 0
@@ -256,24 +308,30 @@ class _Rows:
     pupil_rejections: list[dict] = field(default_factory=list)
     mark_rejections: list[dict] = field(default_factory=list)
     #: (level, field) -> positions of records whose field had the wrong JSON type: nulled in the tables, so
-    #: the shared checks must not call it missing as well. Positions: (msg,), (msg, pupil), (msg, pupil, mark).
+    #: the shared checks must not call it missing as well.
+    #: Positions: (msg,), (msg, pupil), (msg, pupil, mark).
     type_faults: dict[tuple[str, str], set[tuple[int, ...]]] = field(default_factory=dict)
 
     def reject_message(self, msg_index: int, code: str, field_name: str, detail: str) -> None:
         self.message_rejections.append(
-            {"msg_index": msg_index, "reason_code": code, "field": field_name, "detail": detail})
+            {"msg_index": msg_index, "reason_code": code, "field": field_name, "detail": detail}
+        )
 
 
 def _extra_values_in(records: list[dict], contract: frozenset[str]) -> int:
     """Out-of-contract keys with a value in ``records``, and the keys carrying a value inside them."""
-    outside = [keys for keys in map(operator.sub, map(dict.keys, records), itertools.repeat(contract)) if keys]
+    outside = [
+        keys for keys in map(operator.sub, map(dict.keys, records), itertools.repeat(contract)) if keys
+    ]
     count = 0
     for record, keys in zip((r for r in records if r.keys() - contract), outside, strict=True):
         count += _count_valued_keys({name: record[name] for name in keys})
     return count
 
 
-def _typed_columns(records: list[dict], types: dict[str, str]) -> tuple[dict[str, list], dict[int, list[str]]]:
+def _typed_columns(
+    records: list[dict], types: dict[str, str]
+) -> tuple[dict[str, list], dict[int, list[str]]]:
     """Each field as a Python list (C-level gathers), and per record position the fields of a wrong type."""
     columns: dict[str, list] = {}
     faults: dict[int, list[str]] = {}
@@ -283,13 +341,14 @@ def _typed_columns(records: list[dict], types: dict[str, str]) -> tuple[dict[str
             for position, value in enumerate(column):
                 if value is not None and type(value) not in _ALLOWED_TYPES[want]:
                     faults.setdefault(position, []).append(
-                        f"{name}: expected a {want}, got {_json_type(value)}")
+                        f"{name}: expected a {want}, got {_json_type(value)}"
+                    )
                     column[position] = None
         columns[name] = column
     return columns, faults
 
 
-# --- slow path: one message with orjson, naming every faulty field --------------------------------------------
+# --- slow path: one message with orjson, naming every faulty field ------------------------------------------
 
 
 def _json_error_detail(exc: orjson.JSONDecodeError) -> str:
@@ -309,8 +368,12 @@ def _decode_slow(msg_index: int, message: bytes, rows: _Rows) -> None:
         rows.reject_message(msg_index, "MSG_NOT_JSON", "(message)", _json_error_detail(exc))
         return
     if not isinstance(document, dict):
-        rows.reject_message(msg_index, "MSG_CONTRACT", "(top level)",
-                            f"(top level): expected a JSON object, got {_json_type(document)}")
+        rows.reject_message(
+            msg_index,
+            "MSG_CONTRACT",
+            "(top level)",
+            f"(top level): expected a JSON object, got {_json_type(document)}",
+        )
         return
     header = {name: document.get(name) for name in HEADER_FIELDS}
     faults: list[tuple[str, str]] = []
@@ -333,16 +396,30 @@ def _decode_slow(msg_index: int, message: bytes, rows: _Rows) -> None:
             elif type(marks) is not list:
                 faults.append(("pupils.sessions", f"pupils.{position}.sessions: missing or not a list"))
             elif not all(type(mark) is dict for mark in marks):
-                faults.extend(("pupils.sessions", f"pupils.{position}.sessions.{mark_position}: expected an object")
-                              for mark_position, mark in enumerate(marks) if type(mark) is not dict)
+                faults.extend(
+                    ("pupils.sessions", f"pupils.{position}.sessions.{mark_position}: expected an object")
+                    for mark_position, mark in enumerate(marks)
+                    if type(mark) is not dict
+                )
     for name, detail in faults:
         rows.reject_message(msg_index, "MSG_CONTRACT", name, detail)
     structure_ok = not any(name.startswith("pupils") for name, _ in faults)
     marks = list(itertools.chain.from_iterable(sessions)) if structure_ok else []
-    extra = (_extra_values_in([document], _HEADER_KEYS) + _extra_values_in(pupils, _PUPIL_KEYS)
-             + _extra_values_in(marks, _MARK_KEYS)) if structure_ok else 0
-    header.update(msg_index=msg_index, pupils_in_message=len(pupils),
-                  marks_in_message=sum(len(m) for m in sessions if type(m) is list), extra_fields=extra)
+    extra = (
+        (
+            _extra_values_in([document], _HEADER_KEYS)
+            + _extra_values_in(pupils, _PUPIL_KEYS)
+            + _extra_values_in(marks, _MARK_KEYS)
+        )
+        if structure_ok
+        else 0
+    )
+    header.update(
+        msg_index=msg_index,
+        pupils_in_message=len(pupils),
+        marks_in_message=sum(len(m) for m in sessions if type(m) is list),
+        extra_fields=extra,
+    )
     rows.headers.append(header)
     if not structure_ok:
         return
@@ -355,30 +432,56 @@ def _decode_slow(msg_index: int, message: bytes, rows: _Rows) -> None:
     for position, details in pupil_faults.items():
         for detail in details:
             name = detail.split(":", 1)[0]
-            rows.pupil_rejections.append({"msg_index": msg_index, "pupil_position": position,
-                                          "reason_code": "PUPIL_CONTRACT", "field": name, "detail": detail})
+            rows.pupil_rejections.append(
+                {
+                    "msg_index": msg_index,
+                    "pupil_position": position,
+                    "reason_code": "PUPIL_CONTRACT",
+                    "field": name,
+                    "detail": detail,
+                }
+            )
             rows.type_faults.setdefault(("pupil", name), set()).add((msg_index, position))
     for index, details in mark_faults.items():
         pupil_position = int(pupil_of_mark[index])
         for detail in details:
             name = detail.split(":", 1)[0]
-            rows.mark_rejections.append({"msg_index": msg_index, "pupil_position": pupil_position,
-                                         "mark_position": int(mark_position[index]), "reason_code": "MARK_CONTRACT",
-                                         "field": name, "detail": detail})
+            rows.mark_rejections.append(
+                {
+                    "msg_index": msg_index,
+                    "pupil_position": pupil_position,
+                    "mark_position": int(mark_position[index]),
+                    "reason_code": "MARK_CONTRACT",
+                    "field": name,
+                    "detail": detail,
+                }
+            )
             rows.type_faults.setdefault(("mark", name), set()).add(
-                (msg_index, pupil_position, int(mark_position[index])))
+                (msg_index, pupil_position, int(mark_position[index]))
+            )
 
-    rows.pupils.append(pa.table(
-        [pa.array(np.full(len(pupils), msg_index, dtype=np.int32)), pa.array(np.arange(len(pupils), dtype=np.int32))]
-        + [pa.array(pupil_columns[name], _RAW_PUPIL.field(name).type) for name in PUPIL_TYPES]
-        + [pa.array(np.asarray(lengths, dtype=np.int32))],
-        schema=_FLAT_PUPIL,
-    ))
-    rows.marks.append(pa.table(
-        [pa.array(np.full(len(marks), msg_index, dtype=np.int32)), pa.array(pupil_of_mark),
-         pa.array(mark_position)] + [pa.array(mark_columns[name], pa.string()) for name in MARK_TYPES],
-        schema=_FLAT_MARK,
-    ))
+    rows.pupils.append(
+        pa.table(
+            [
+                pa.array(np.full(len(pupils), msg_index, dtype=np.int32)),
+                pa.array(np.arange(len(pupils), dtype=np.int32)),
+            ]
+            + [pa.array(pupil_columns[name], _RAW_PUPIL.field(name).type) for name in PUPIL_TYPES]
+            + [pa.array(np.asarray(lengths, dtype=np.int32))],
+            schema=_FLAT_PUPIL,
+        )
+    )
+    rows.marks.append(
+        pa.table(
+            [
+                pa.array(np.full(len(marks), msg_index, dtype=np.int32)),
+                pa.array(pupil_of_mark),
+                pa.array(mark_position),
+            ]
+            + [pa.array(mark_columns[name], pa.string()) for name in MARK_TYPES],
+            schema=_FLAT_MARK,
+        )
+    )
 
 
 # --- fast path: the whole batch through Arrow's JSON reader ------------------------------------------------
@@ -401,7 +504,9 @@ def _read(block: pa.Buffer, count: int) -> tuple[pa.Table | None, int | None]:
     return table, None
 
 
-def _parse_isolating(buffer: pa.Buffer, bounds: np.ndarray) -> tuple[list[tuple[int, int, pa.Table]], list[int]]:
+def _parse_isolating(
+    buffer: pa.Buffer, bounds: np.ndarray
+) -> tuple[list[tuple[int, int, pa.Table]], list[int]]:
     """Parse in blocks of about ``_BLOCK_BYTES``: parsed (start, stop, table) ranges in order, and the
     positions of messages that fail on their own. ``buffer`` holds the messages joined by newlines, message
     i at ``bounds[i]:bounds[i + 1] - 1``; blocks are zero-copy slices of it. A block that fails is split at
@@ -461,10 +566,12 @@ def _count_keys(buffer: bytes, bounds: np.ndarray) -> _KeyCounts:
     odd = np.zeros(count, dtype=np.int64)
     first_message = 0
     while first_message < count:
-        stop_message = int(np.searchsorted(bounds, bounds[first_message] + _SCAN_SLICE_BYTES, side="right")) - 1
+        stop_message = (
+            int(np.searchsorted(bounds, bounds[first_message] + _SCAN_SLICE_BYTES, side="right")) - 1
+        )
         stop_message = min(max(stop_message, first_message + 1), count)
         low, high = int(bounds[first_message]), int(bounds[stop_message])
-        local = bounds[first_message:stop_message + 1] - low
+        local = bounds[first_message : stop_message + 1] - low
         colons = np.flatnonzero(data[low:high] == 58) + low  # ':'
         before = data[colons - 1]
         keys = colons[before == 34]  # '"' just before: the colon ends a key (a string holds no raw '"')
@@ -472,18 +579,21 @@ def _count_keys(buffer: bytes, bounds: np.ndarray) -> _KeyCounts:
         space_after = after == 32
         first = after.copy()
         first[space_after] = data[keys[space_after] + 2]  # the value's first byte, after at most one space
-        unsure_at = np.concatenate([
-            colons[whitespace[before]],  # whitespace between a key and its colon (or a colon in a string)
-            keys[data[keys - 2] == 92],  # '\\' before the quote: maybe an escaped quote in a string
-            keys[whitespace[first]],  # more whitespace after the colon than one space
-        ])
+        unsure_at = np.concatenate(
+            [
+                colons[whitespace[before]],  # whitespace between a key and its colon (or a colon in a string)
+                keys[data[keys - 2] == 92],  # '\\' before the quote: maybe an escaped quote in a string
+                keys[whitespace[first]],  # more whitespace after the colon than one space
+            ]
+        )
         unsure_at.sort()
         minus = first == 45  # '-': a number, or -Infinity
         odd_at = keys[(first == 78) | (first == 73) | (minus & (data[keys + 2 + space_after] == 73))]
         window = slice(first_message, stop_message)
         keys -= low
         valued[window] = np.diff(np.searchsorted(keys, local)) - np.diff(
-            np.searchsorted(keys[first == 110], local))  # 'n': the only JSON value starting so is null
+            np.searchsorted(keys[first == 110], local)
+        )  # 'n': the only JSON value starting so is null
         nested[window] = np.diff(np.searchsorted(keys[(first == 91) | (first == 123)], local))  # '[' '{'
         unsure[window] = np.diff(np.searchsorted(unsure_at - low, local))
         odd[window] = np.diff(np.searchsorted(odd_at - low, local))
@@ -513,15 +623,18 @@ def _flatten(table: pa.Table, msg_index: np.ndarray) -> _FastFlat:
     pupil_values = pupils.flatten()
     pupil_parent = np.asarray(pc.list_parent_indices(pupils), dtype=np.int64)
     pupil_offsets = np.asarray(pupils.offsets, dtype=np.int64)
-    pupil_position = np.arange(len(pupil_values), dtype=np.int64) - (pupil_offsets[pupil_parent] - pupil_offsets[0])
+    pupil_position = np.arange(len(pupil_values), dtype=np.int64) - (
+        pupil_offsets[pupil_parent] - pupil_offsets[0]
+    )
     pupil_msg = msg_index[pupil_parent]
 
     sessions = pupil_values.field("sessions")
     mark_values = sessions.flatten()
     mark_parent = np.asarray(pc.list_parent_indices(sessions), dtype=np.int64)
     session_offsets = np.asarray(sessions.offsets, dtype=np.int64)
-    mark_position = np.arange(len(mark_values), dtype=np.int64) - (session_offsets[mark_parent]
-                                                                   - session_offsets[0])
+    mark_position = np.arange(len(mark_values), dtype=np.int64) - (
+        session_offsets[mark_parent] - session_offsets[0]
+    )
     marks_in_pupil = np.asarray(pc.fill_null(sessions.value_lengths(), 0), dtype=np.int64)
     marks_in_message = np.bincount(pupil_parent, weights=marks_in_pupil, minlength=rows).astype(np.int64)
     pupils_in_message = np.asarray(pc.fill_null(pupils.value_lengths(), 0), dtype=np.int64)
@@ -530,24 +643,49 @@ def _flatten(table: pa.Table, msg_index: np.ndarray) -> _FastFlat:
     rejections: list[pa.Table] = []
     pupils_null = np.asarray(pupils.is_null())
     if pupils_null.any():
-        rejections.append(_message_rejections(msg_index[pupils_null], "MSG_CONTRACT", "pupils",
-                                              ["pupils: missing or not a list"] * int(pupils_null.sum())))
+        rejections.append(
+            _message_rejections(
+                msg_index[pupils_null],
+                "MSG_CONTRACT",
+                "pupils",
+                ["pupils: missing or not a list"] * int(pupils_null.sum()),
+            )
+        )
     pupil_null = np.asarray(pupil_values.is_null())
     if pupil_null.any():
-        rejections.append(_message_rejections(
-            pupil_msg[pupil_null], "MSG_CONTRACT", "pupils",
-            [f"pupils.{p}: expected an object" for p in pupil_position[pupil_null]]))
+        rejections.append(
+            _message_rejections(
+                pupil_msg[pupil_null],
+                "MSG_CONTRACT",
+                "pupils",
+                [f"pupils.{p}: expected an object" for p in pupil_position[pupil_null]],
+            )
+        )
     sessions_null = np.asarray(sessions.is_null()) & ~pupil_null
     if sessions_null.any():
-        rejections.append(_message_rejections(
-            pupil_msg[sessions_null], "MSG_CONTRACT", "pupils.sessions",
-            [f"pupils.{p}.sessions: missing or not a list" for p in pupil_position[sessions_null]]))
+        rejections.append(
+            _message_rejections(
+                pupil_msg[sessions_null],
+                "MSG_CONTRACT",
+                "pupils.sessions",
+                [f"pupils.{p}.sessions: missing or not a list" for p in pupil_position[sessions_null]],
+            )
+        )
     mark_null = np.asarray(mark_values.is_null())
     if mark_null.any():
-        rejections.append(_message_rejections(
-            pupil_msg[mark_parent[mark_null]], "MSG_CONTRACT", "pupils.sessions",
-            [f"pupils.{p}.sessions.{m}: expected an object"
-             for p, m in zip(pupil_position[mark_parent[mark_null]], mark_position[mark_null], strict=True)]))
+        rejections.append(
+            _message_rejections(
+                pupil_msg[mark_parent[mark_null]],
+                "MSG_CONTRACT",
+                "pupils.sessions",
+                [
+                    f"pupils.{p}.sessions.{m}: expected an object"
+                    for p, m in zip(
+                        pupil_position[mark_parent[mark_null]], mark_position[mark_null], strict=True
+                    )
+                ],
+            )
+        )
 
     # Contract fields carrying a value, per message (for the extra-field arithmetic).
     contract_values = _valid_count(pupils)
@@ -558,29 +696,42 @@ def _flatten(table: pa.Table, msg_index: np.ndarray) -> _FastFlat:
     per_pupil = sum(_valid_count(pupil_columns[name]) for name in pupil_columns)
     per_mark = sum(_valid_count(mark_columns[name]) for name in mark_columns)
     if len(mark_values):
-        per_pupil = per_pupil + np.bincount(mark_parent, weights=per_mark,
-                                            minlength=len(pupil_values)).astype(np.int64)
+        per_pupil = per_pupil + np.bincount(
+            mark_parent, weights=per_mark, minlength=len(pupil_values)
+        ).astype(np.int64)
     if len(pupil_values):
-        contract_values = contract_values + np.bincount(pupil_parent, weights=per_pupil,
-                                                        minlength=rows).astype(np.int64)
+        contract_values = contract_values + np.bincount(
+            pupil_parent, weights=per_pupil, minlength=rows
+        ).astype(np.int64)
     contract_nested = _valid_count(pupils) + (
         np.bincount(pupil_parent, weights=_valid_count(sessions), minlength=rows).astype(np.int64)
-        if len(pupil_values) else 0)
+        if len(pupil_values)
+        else 0
+    )
 
     headers = pa.table(
-        [msg_index_arr] + [table.column(name).combine_chunks() for name in HEADER_FIELDS]
-        + [pa.array(pupils_in_message, pa.int32()), pa.array(marks_in_message, pa.int32()),
-           pa.nulls(rows, pa.int64())],
+        [msg_index_arr]
+        + [table.column(name).combine_chunks() for name in HEADER_FIELDS]
+        + [
+            pa.array(pupils_in_message, pa.int32()),
+            pa.array(marks_in_message, pa.int32()),
+            pa.nulls(rows, pa.int64()),
+        ],
         schema=_FLAT_HEADER,
     )
     flat_pupils = pa.table(
         [pa.array(pupil_msg, pa.int32()), pa.array(pupil_position, pa.int32())]
-        + [pupil_columns[name] for name in PUPIL_TYPES] + [pa.array(marks_in_pupil, pa.int32())],
+        + [pupil_columns[name] for name in PUPIL_TYPES]
+        + [pa.array(marks_in_pupil, pa.int32())],
         schema=_FLAT_PUPIL,
     )
     flat_marks = pa.table(
-        [pa.array(pupil_msg[mark_parent], pa.int32()), pa.array(pupil_position[mark_parent], pa.int32()),
-         pa.array(mark_position, pa.int32())] + [mark_columns[name] for name in MARK_TYPES],
+        [
+            pa.array(pupil_msg[mark_parent], pa.int32()),
+            pa.array(pupil_position[mark_parent], pa.int32()),
+            pa.array(mark_position, pa.int32()),
+        ]
+        + [mark_columns[name] for name in MARK_TYPES],
         schema=_FLAT_MARK,
     )
     return _FastFlat(headers, flat_pupils, flat_marks, rejections, contract_values, contract_nested)
@@ -592,20 +743,40 @@ def _flatten(table: pa.Table, msg_index: np.ndarray) -> _FastFlat:
 def _message_rejections(msg_index: Any, code: str, field_name: str, details: Any) -> pa.Table:
     msg = pa.array(msg_index, pa.int32())
     details = pa.array(details, pa.string()) if not isinstance(details, pa.Array) else details
-    return pa.table([msg, pa.array([code] * len(msg), pa.string()), pa.array([field_name] * len(msg), pa.string()),
-                     details], schema=MESSAGE_REJECTIONS_SCHEMA)
+    return pa.table(
+        [
+            msg,
+            pa.array([code] * len(msg), pa.string()),
+            pa.array([field_name] * len(msg), pa.string()),
+            details,
+        ],
+        schema=MESSAGE_REJECTIONS_SCHEMA,
+    )
 
 
-def _filtered_rejections(table: pa.Table, mask: pa.Array, code: str, field_name: str, detail: str,
-                         columns: tuple[str, ...], schema: pa.Schema) -> pa.Table | None:
+def _filtered_rejections(
+    table: pa.Table,
+    mask: pa.Array,
+    code: str,
+    field_name: str,
+    detail: str,
+    columns: tuple[str, ...],
+    schema: pa.Schema,
+) -> pa.Table | None:
     mask = pc.fill_null(mask, False)
     hits = table.filter(mask)
     if hits.num_rows == 0:
         return None
     n = hits.num_rows
-    return pa.table([hits.column(c) for c in columns] + [
-        pa.array([code] * n, pa.string()), pa.array([field_name] * n, pa.string()),
-        pa.array([detail] * n, pa.string())], schema=schema)
+    return pa.table(
+        [hits.column(c) for c in columns]
+        + [
+            pa.array([code] * n, pa.string()),
+            pa.array([field_name] * n, pa.string()),
+            pa.array([detail] * n, pa.string()),
+        ],
+        schema=schema,
+    )
 
 
 def _concat(tables: list[pa.Table | None], schema: pa.Schema) -> pa.Table:
@@ -619,7 +790,9 @@ def _concat(tables: list[pa.Table | None], schema: pa.Schema) -> pa.Table:
 
 _DATE_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _FIRST_DATE = pa.scalar(dt.date(1, 1, 1), pa.date32())
-_TIMESTAMP_SHAPE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+_TIMESTAMP_SHAPE = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
 _UUID_SHAPE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
@@ -643,14 +816,23 @@ def parse_iso_dates(strings: pa.Array) -> pa.Array:
         shaped = pc.fill_null(pc.match_substring_regex(distinct, _DATE_SHAPE), False)
         candidates = pc.if_else(shaped, distinct, pa.scalar(None, pa.string()))
         parsed = pc.strptime(candidates, format="%Y-%m-%d", unit="s", error_is_null=True)
-        exact = pc.and_(pc.and_(
-            pc.equal(pc.year(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 0, 4), pa.int64())),
-            pc.equal(pc.month(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 5, 7), pa.int64()))),
-            pc.equal(pc.day(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 8, 10), pa.int64())))
-        dates = pc.take(pc.if_else(pc.fill_null(exact, False), pc.cast(parsed, pa.date32()),
-                                   pa.scalar(None, pa.date32())), encoded.indices)
+        exact = pc.and_(
+            pc.and_(
+                pc.equal(pc.year(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 0, 4), pa.int64())),
+                pc.equal(pc.month(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 5, 7), pa.int64())),
+            ),
+            pc.equal(pc.day(parsed), pc.cast(pc.utf8_slice_codeunits(candidates, 8, 10), pa.int64())),
+        )
+        dates = pc.take(
+            pc.if_else(
+                pc.fill_null(exact, False), pc.cast(parsed, pa.date32()), pa.scalar(None, pa.date32())
+            ),
+            encoded.indices,
+        )
     if pc.any(pc.less(dates, _FIRST_DATE)).as_py():  # year 0 parses, but is no date
-        dates = pc.if_else(pc.fill_null(pc.less(dates, _FIRST_DATE), False), pa.scalar(None, pa.date32()), dates)
+        dates = pc.if_else(
+            pc.fill_null(pc.less(dates, _FIRST_DATE), False), pa.scalar(None, pa.date32()), dates
+        )
     return dates
 
 
@@ -674,8 +856,9 @@ def _parse_timestamps(strings: pa.Array) -> pa.Array:
 # --- the checks both paths share ------------------------------------------------------------------------
 
 
-def _header_value_rejections(headers: pa.Table, type_faults: dict[tuple[str, str], set[tuple[int, ...]]]
-                             ) -> tuple[list[pa.Table | None], dict[str, pa.Array]]:
+def _header_value_rejections(
+    headers: pa.Table, type_faults: dict[tuple[str, str], set[tuple[int, ...]]]
+) -> tuple[list[pa.Table | None], dict[str, pa.Array]]:
     """Missing/malformed header values -> rejections, and the parsed columns."""
     out: list[pa.Table | None] = []
 
@@ -683,36 +866,63 @@ def _header_value_rejections(headers: pa.Table, type_faults: dict[tuple[str, str
         out.append(_message_value_rejections(headers, mask, name, detail))
 
     for name in HEADER_FIELDS:
-        out.append(_without(_message_value_rejections(headers, pc.is_null(headers.column(name)), name,
-                                                      f"{name}: missing or null"),
-                            type_faults.get(("header", name)), ("msg_index",)))
+        out.append(
+            _without(
+                _message_value_rejections(
+                    headers, pc.is_null(headers.column(name)), name, f"{name}: missing or null"
+                ),
+                type_faults.get(("header", name)),
+                ("msg_index",),
+            )
+        )
     version = headers.column("schema_version")
-    reject(pc.not_equal(version, SCHEMA_VERSION), "schema_version",
-           f'schema_version: unsupported (this stream reads "{SCHEMA_VERSION}")')
+    reject(
+        pc.not_equal(version, SCHEMA_VERSION),
+        "schema_version",
+        f'schema_version: unsupported (this stream reads "{SCHEMA_VERSION}")',
+    )
     extract_id = headers.column("extract_id")
-    reject(pc.invert(pc.match_substring_regex(extract_id, _UUID_SHAPE)), "extract_id",
-           "extract_id: not a UUID (8-4-4-4-12 hexadecimal digits)")
-    reject(pc.invert(pc.match_substring_regex(headers.column("urn"), r"^[0-9]{6}$")), "urn",
-           "urn: not 6 digits")
-    reject(pc.invert(pc.match_substring_regex(headers.column("laestab"), r"^[0-9]{7}$")), "laestab",
-           "laestab: not 7 digits")
+    reject(
+        pc.invert(pc.match_substring_regex(extract_id, _UUID_SHAPE)),
+        "extract_id",
+        "extract_id: not a UUID (8-4-4-4-12 hexadecimal digits)",
+    )
+    reject(
+        pc.invert(pc.match_substring_regex(headers.column("urn"), r"^[0-9]{6}$")), "urn", "urn: not 6 digits"
+    )
+    reject(
+        pc.invert(pc.match_substring_regex(headers.column("laestab"), r"^[0-9]{7}$")),
+        "laestab",
+        "laestab: not 7 digits",
+    )
     extract_date = parse_iso_dates(headers.column("extract_date"))
-    reject(pc.and_(pc.is_valid(headers.column("extract_date")), pc.is_null(extract_date)), "extract_date",
-           "extract_date: not a YYYY-MM-DD date")
+    reject(
+        pc.and_(pc.is_valid(headers.column("extract_date")), pc.is_null(extract_date)),
+        "extract_date",
+        "extract_date: not a YYYY-MM-DD date",
+    )
     generated_at = _parse_timestamps(headers.column("generated_at").combine_chunks())
-    reject(pc.and_(pc.is_valid(headers.column("generated_at")), pc.is_null(generated_at)), "generated_at",
-           "generated_at: not an RFC 3339 date-time with a UTC offset")
+    reject(
+        pc.and_(pc.is_valid(headers.column("generated_at")), pc.is_null(generated_at)),
+        "generated_at",
+        "generated_at: not an RFC 3339 date-time with a UTC offset",
+    )
     for name, low in (("chunk_index", 0), ("chunk_count", 1), ("pupil_count", 0)):
         column = headers.column(name)
         reject(pc.less(column, low), name, f"{name}: must be at least {low}")
         reject(pc.greater(column, INT32_MAX), name, f"{name}: integer out of range")
-    parsed = {"extract_id": pc.utf8_lower(extract_id), "extract_date": extract_date, "generated_at": generated_at}
+    parsed = {
+        "extract_id": pc.utf8_lower(extract_id),
+        "extract_date": extract_date,
+        "generated_at": generated_at,
+    }
     return out, parsed
 
 
 def _message_value_rejections(headers: pa.Table, mask: pa.Array, name: str, detail: str) -> pa.Table | None:
-    return _filtered_rejections(headers, mask, "MSG_CONTRACT", name, detail, ("msg_index",),
-                                MESSAGE_REJECTIONS_SCHEMA)
+    return _filtered_rejections(
+        headers, mask, "MSG_CONTRACT", name, detail, ("msg_index",), MESSAGE_REJECTIONS_SCHEMA
+    )
 
 
 # --- entry point --------------------------------------------------------------------------------------------
@@ -729,22 +939,30 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
             rows.reject_message(index, "MSG_NOT_JSON", "(message)", "(message): empty message")
             continue
         message = value if isinstance(value, bytes) else bytes(value)
-        if not _is_utf8(message):
-            rows.reject_message(index, "MSG_NOT_UTF8", "(message)", "(message): not valid UTF-8")
-            continue
         stripped = message.strip(_JSON_WHITESPACE)
         if stripped[:1] == b"{" and stripped[-1:] == b"}":
             fast_messages.append(stripped)
             fast_indexes.append(index)
-        else:
+        elif _is_utf8(message):
             slow.append((index, message))
+        else:
+            rows.reject_message(index, "MSG_NOT_UTF8", "(message)", "(message): not valid UTF-8")
 
     flat_parts: list[_FastFlat] = []
+    buffer = b"\n".join([*fast_messages, b"\n\n"])  # three spare bytes for _count_keys
+    if fast_messages and not _utf8_buffer(buffer):  # rare: find the culprits, then join again
+        keep = [_is_utf8(m) for m in fast_messages]
+        for index, ok in zip(fast_indexes, keep, strict=True):
+            if not ok:
+                rows.reject_message(index, "MSG_NOT_UTF8", "(message)", "(message): not valid UTF-8")
+        fast_messages = [m for m, ok in zip(fast_messages, keep, strict=True) if ok]
+        fast_indexes = [i for i, ok in zip(fast_indexes, keep, strict=True) if ok]
+        buffer = b"\n".join([*fast_messages, b"\n\n"])
     if fast_messages:
-        buffer = b"\n".join([*fast_messages, b"\n\n"])  # three spare bytes for _count_keys
         bounds = np.zeros(len(fast_messages) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, fast_messages), dtype=np.int64, count=len(fast_messages)) + 1,
-                  out=bounds[1:])
+        np.cumsum(
+            np.fromiter(map(len, fast_messages), dtype=np.int64, count=len(fast_messages)) + 1, out=bounds[1:]
+        )
         parts, failed = _parse_isolating(pa.py_buffer(buffer), bounds)
         slow.extend((fast_indexes[position], fast_messages[position]) for position in failed)
         if parts:
@@ -757,35 +975,56 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
             unsure = counts.unsure[positions] | (extra < 0)
             # Arrow skipped the extra values unseen: where one is an object or array, or starts like
             # NaN/Infinity, make sure the message is strict JSON (and not nested too deeply).
-            suspect = ~unsure & ((counts.nested_values[positions] > flat.contract_nested)
-                                 | counts.odd_values[positions])
+            suspect = ~unsure & (
+                (counts.nested_values[positions] > flat.contract_nested) | counts.odd_values[positions]
+            )
             for k in np.flatnonzero(suspect):
                 try:
                     _VALIDATOR.decode(fast_messages[positions[k]])
                 except (msgspec.DecodeError, RecursionError):
                     unsure[k] = True
             if unsure.any():
-                slow.extend((int(index_array[k]), fast_messages[positions[k]]) for k in np.flatnonzero(unsure))
+                slow.extend(
+                    (int(index_array[k]), fast_messages[positions[k]]) for k in np.flatnonzero(unsure)
+                )
                 dropped = pa.array(index_array[unsure], pa.int32())
 
                 def keep(t: pa.Table, dropped: pa.Array = dropped) -> pa.Table:
                     return t.filter(pc.invert(pc.is_in(t.column("msg_index"), value_set=dropped)))
 
-                flat = _FastFlat(keep(flat.headers), keep(flat.pupils), keep(flat.marks),
-                                 [keep(t) for t in flat.structure_rejections],
-                                 flat.contract_values[~unsure], flat.contract_nested[~unsure])
+                flat = _FastFlat(
+                    keep(flat.headers),
+                    keep(flat.pupils),
+                    keep(flat.marks),
+                    [keep(t) for t in flat.structure_rejections],
+                    flat.contract_values[~unsure],
+                    flat.contract_nested[~unsure],
+                )
                 extra = extra[~unsure]
-            headers_with_extra = flat.headers.set_column(flat.headers.schema.get_field_index("extra_fields"),
-                                                         "extra_fields", pa.array(extra, pa.int64()))
-            flat_parts.append(_FastFlat(headers_with_extra, flat.pupils, flat.marks, flat.structure_rejections,
-                                        flat.contract_values, flat.contract_nested))
+            headers_with_extra = flat.headers.set_column(
+                flat.headers.schema.get_field_index("extra_fields"),
+                "extra_fields",
+                pa.array(extra, pa.int64()),
+            )
+            flat_parts.append(
+                _FastFlat(
+                    headers_with_extra,
+                    flat.pupils,
+                    flat.marks,
+                    flat.structure_rejections,
+                    flat.contract_values,
+                    flat.contract_nested,
+                )
+            )
 
     slow.sort()
     for index, message in slow:
         _decode_slow(index, message, rows)
 
-    raw_headers = _concat([p.headers for p in flat_parts]
-                          + [pa.Table.from_pylist(rows.headers, schema=_FLAT_HEADER)], _FLAT_HEADER)
+    raw_headers = _concat(
+        [p.headers for p in flat_parts] + [pa.Table.from_pylist(rows.headers, schema=_FLAT_HEADER)],
+        _FLAT_HEADER,
+    )
     raw_pupils = _concat([p.pupils for p in flat_parts] + rows.pupils, _FLAT_PUPIL)
     raw_marks = _concat([p.marks for p in flat_parts] + rows.marks, _FLAT_MARK)
     if slow and flat_parts:  # restore input order (stable: positions within a message keep theirs)
@@ -794,27 +1033,33 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
         raw_marks = raw_marks.take(pc.sort_indices(raw_marks.column("msg_index")))
 
     header_rejections, parsed = _header_value_rejections(raw_headers, rows.type_faults)
-    message_rejections = _sorted(_concat(
-        [pa.Table.from_pylist(rows.message_rejections, schema=MESSAGE_REJECTIONS_SCHEMA)]
-        + [t for p in flat_parts for t in p.structure_rejections] + header_rejections,
-        MESSAGE_REJECTIONS_SCHEMA,
-    ), ("msg_index",))
+    message_rejections = _sorted(
+        _concat(
+            [pa.Table.from_pylist(rows.message_rejections, schema=MESSAGE_REJECTIONS_SCHEMA)]
+            + [t for p in flat_parts for t in p.structure_rejections]
+            + header_rejections,
+            MESSAGE_REJECTIONS_SCHEMA,
+        ),
+        ("msg_index",),
+    )
     rejected_messages = pc.unique(message_rejections.column("msg_index"))
 
-    headers = pa.table({
-        "msg_index": raw_headers.column("msg_index"),
-        "extract_id": parsed["extract_id"],
-        "urn": raw_headers.column("urn"),
-        "laestab": raw_headers.column("laestab"),
-        "extract_date": parsed["extract_date"],
-        "generated_at": parsed["generated_at"],
-        "chunk_index": pc.cast(raw_headers.column("chunk_index"), pa.int32(), safe=False),
-        "chunk_count": pc.cast(raw_headers.column("chunk_count"), pa.int32(), safe=False),
-        "pupil_count": pc.cast(raw_headers.column("pupil_count"), pa.int32(), safe=False),
-        "pupils_in_message": raw_headers.column("pupils_in_message"),
-        "marks_in_message": raw_headers.column("marks_in_message"),
-        "extra_fields_in_message": pc.cast(raw_headers.column("extra_fields"), pa.int32(), safe=False),
-    })
+    headers = pa.table(
+        {
+            "msg_index": raw_headers.column("msg_index"),
+            "extract_id": parsed["extract_id"],
+            "urn": raw_headers.column("urn"),
+            "laestab": raw_headers.column("laestab"),
+            "extract_date": parsed["extract_date"],
+            "generated_at": parsed["generated_at"],
+            "chunk_index": pc.cast(raw_headers.column("chunk_index"), pa.int32(), safe=False),
+            "chunk_count": pc.cast(raw_headers.column("chunk_count"), pa.int32(), safe=False),
+            "pupil_count": pc.cast(raw_headers.column("pupil_count"), pa.int32(), safe=False),
+            "pupils_in_message": raw_headers.column("pupils_in_message"),
+            "marks_in_message": raw_headers.column("marks_in_message"),
+            "extra_fields_in_message": pc.cast(raw_headers.column("extra_fields"), pa.int32(), safe=False),
+        }
+    )
     headers = _drop(headers, "msg_index", rejected_messages).cast(HEADERS_SCHEMA)
     extra_fields_dropped = int(pc.sum(headers.column("extra_fields_in_message")).as_py() or 0)
 
@@ -824,30 +1069,56 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
     pupil_cols = ("msg_index", "pupil_position")
     for name in PUPIL_TYPES:
         if name not in PUPIL_OPTIONAL:
-            pupil_checks.append(_without(
-                _filtered_rejections(raw_pupils, pc.is_null(raw_pupils.column(name)), "PUPIL_CONTRACT", name,
-                                     f"{name}: missing or null", pupil_cols, PUPIL_REJECTIONS_SCHEMA),
-                rows.type_faults.get(("pupil", name)), pupil_cols))
+            pupil_checks.append(
+                _without(
+                    _filtered_rejections(
+                        raw_pupils,
+                        pc.is_null(raw_pupils.column(name)),
+                        "PUPIL_CONTRACT",
+                        name,
+                        f"{name}: missing or null",
+                        pupil_cols,
+                        PUPIL_REJECTIONS_SCHEMA,
+                    ),
+                    rows.type_faults.get(("pupil", name)),
+                    pupil_cols,
+                )
+            )
     pupil_dates = {}
     for name in PUPIL_DATES:
         raw = raw_pupils.column(name)
         pupil_dates[name] = parse_iso_dates(raw)
-        pupil_checks.append(_filtered_rejections(raw_pupils, pc.and_(pc.is_valid(raw),
-                                                                     pc.is_null(pupil_dates[name])),
-                                                 "PUPIL_CONTRACT", name, f"{name}: not a YYYY-MM-DD date",
-                                                 pupil_cols, PUPIL_REJECTIONS_SCHEMA))
+        pupil_checks.append(
+            _filtered_rejections(
+                raw_pupils,
+                pc.and_(pc.is_valid(raw), pc.is_null(pupil_dates[name])),
+                "PUPIL_CONTRACT",
+                name,
+                f"{name}: not a YYYY-MM-DD date",
+                pupil_cols,
+                PUPIL_REJECTIONS_SCHEMA,
+            )
+        )
     slow_pupil_rejections = pa.Table.from_pylist(rows.pupil_rejections, schema=PUPIL_REJECTIONS_SCHEMA)
     pupil_rejections = _concat([slow_pupil_rejections] + pupil_checks, PUPIL_REJECTIONS_SCHEMA)
     pupil_rejections = _drop(pupil_rejections, "msg_index", rejected_messages)
     pupil_rejections = _sorted(pupil_rejections, pupil_cols)
-    bad_pupil_key = _pupil_key(pupil_rejections.column("msg_index"), pupil_rejections.column("pupil_position"))
+    bad_pupil_key = _pupil_key(
+        pupil_rejections.column("msg_index"), pupil_rejections.column("pupil_position")
+    )
     pupil_key = _pupil_key(raw_pupils.column("msg_index"), raw_pupils.column("pupil_position"))
-    pupils = pa.table({
-        "msg_index": raw_pupils.column("msg_index"),
-        "pupil_position": raw_pupils.column("pupil_position"),
-        **{name: (pupil_dates[name] if name in PUPIL_DATES else raw_pupils.column(name)) for name in PUPIL_TYPES},
-        "marks_in_pupil": raw_pupils.column("marks_in_pupil"),
-    }, schema=PUPILS_SCHEMA)
+    pupils = pa.table(
+        {
+            "msg_index": raw_pupils.column("msg_index"),
+            "pupil_position": raw_pupils.column("pupil_position"),
+            **{
+                name: (pupil_dates[name] if name in PUPIL_DATES else raw_pupils.column(name))
+                for name in PUPIL_TYPES
+            },
+            "marks_in_pupil": raw_pupils.column("marks_in_pupil"),
+        },
+        schema=PUPILS_SCHEMA,
+    )
     if len(bad_pupil_key):
         pupils = pupils.filter(pc.invert(pc.is_in(pupil_key, value_set=bad_pupil_key)))
 
@@ -858,31 +1129,61 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
         raw_marks = raw_marks.filter(pc.invert(pc.is_in(mark_pupil_key, value_set=bad_pupil_key)))
     mark_cols = ("msg_index", "pupil_position", "mark_position")
     mark_checks: list[pa.Table | None] = [
-        _without(_filtered_rejections(raw_marks, pc.is_null(raw_marks.column(name)), "MARK_CONTRACT", name,
-                                      f"{name}: missing or null", mark_cols, MARK_REJECTIONS_SCHEMA),
-                 rows.type_faults.get(("mark", name)), mark_cols)
+        _without(
+            _filtered_rejections(
+                raw_marks,
+                pc.is_null(raw_marks.column(name)),
+                "MARK_CONTRACT",
+                name,
+                f"{name}: missing or null",
+                mark_cols,
+                MARK_REJECTIONS_SCHEMA,
+            ),
+            rows.type_faults.get(("mark", name)),
+            mark_cols,
+        )
         for name in MARK_TYPES
     ]
     mark_dates = parse_iso_dates(raw_marks.column("date"))
-    mark_checks.append(_filtered_rejections(raw_marks, pc.and_(pc.is_valid(raw_marks.column("date")),
-                                                               pc.is_null(mark_dates)),
-                                            "MARK_CONTRACT", "date", "date: not a YYYY-MM-DD date", mark_cols,
-                                            MARK_REJECTIONS_SCHEMA))
+    mark_checks.append(
+        _filtered_rejections(
+            raw_marks,
+            pc.and_(pc.is_valid(raw_marks.column("date")), pc.is_null(mark_dates)),
+            "MARK_CONTRACT",
+            "date",
+            "date: not a YYYY-MM-DD date",
+            mark_cols,
+            MARK_REJECTIONS_SCHEMA,
+        )
+    )
     slow_mark_rejections = pa.Table.from_pylist(rows.mark_rejections, schema=MARK_REJECTIONS_SCHEMA)
-    slow_mark_rejections = slow_mark_rejections.filter(pc.and_(
-        pc.invert(pc.is_in(slow_mark_rejections.column("msg_index"), value_set=rejected_messages)),
-        pc.invert(pc.is_in(_pupil_key(slow_mark_rejections.column("msg_index"),
-                                      slow_mark_rejections.column("pupil_position")), value_set=bad_pupil_key))))
+    slow_mark_rejections = slow_mark_rejections.filter(
+        pc.and_(
+            pc.invert(pc.is_in(slow_mark_rejections.column("msg_index"), value_set=rejected_messages)),
+            pc.invert(
+                pc.is_in(
+                    _pupil_key(
+                        slow_mark_rejections.column("msg_index"),
+                        slow_mark_rejections.column("pupil_position"),
+                    ),
+                    value_set=bad_pupil_key,
+                )
+            ),
+        )
+    )
     mark_rejections = _concat([slow_mark_rejections] + mark_checks, MARK_REJECTIONS_SCHEMA)
     mark_rejections = _sorted(mark_rejections, mark_cols)
-    marks = pa.table({
-        "msg_index": raw_marks.column("msg_index"),
-        "pupil_position": raw_marks.column("pupil_position"),
-        "mark_position": raw_marks.column("mark_position"),
-        "date": mark_dates,
-        "session": raw_marks.column("session"),
-        "code": raw_marks.column("code"),
-    }, schema=MARKS_SCHEMA)
+    marks = pa.table(
+        {
+            "msg_index": raw_marks.column("msg_index"),
+            "pupil_position": raw_marks.column("pupil_position"),
+            "mark_position": raw_marks.column("mark_position"),
+            "date": mark_dates,
+            "session": raw_marks.column("session"),
+            "code": raw_marks.column("code"),
+        },
+        schema=MARKS_SCHEMA,
+    )
     if mark_rejections.num_rows:
         marks = marks.filter(pc.invert(pc.is_in(_mark_key(raw_marks), value_set=_mark_key(mark_rejections))))
 
@@ -912,9 +1213,16 @@ def _drop(table: pa.Table, column: str, values: pa.Array) -> pa.Table:
 
 def _mark_key(table: pa.Table) -> pa.Array:
     """One int64 per (message, pupil position, mark position) (positions below 2**20 and 2**23)."""
-    return pc.add(pc.multiply(pc.add(pc.multiply(pc.cast(table.column("msg_index"), pa.int64()), 2**20),
-                                     pc.cast(table.column("pupil_position"), pa.int64())), 2**23),
-                  pc.cast(table.column("mark_position"), pa.int64()))
+    return pc.add(
+        pc.multiply(
+            pc.add(
+                pc.multiply(pc.cast(table.column("msg_index"), pa.int64()), 2**20),
+                pc.cast(table.column("pupil_position"), pa.int64()),
+            ),
+            2**23,
+        ),
+        pc.cast(table.column("mark_position"), pa.int64()),
+    )
 
 
 def _sorted(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
@@ -924,8 +1232,9 @@ def _sorted(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:
     return table.sort_by([(k, "ascending") for k in (*keys, "field", "reason_code", "detail")])
 
 
-def _without(table: pa.Table | None, positions: set[tuple[int, ...]] | None, keys: tuple[str, ...]
-             ) -> pa.Table | None:
+def _without(
+    table: pa.Table | None, positions: set[tuple[int, ...]] | None, keys: tuple[str, ...]
+) -> pa.Table | None:
     """Drop the rows at ``positions`` (a few records, from the slow path's type faults)."""
     if table is None or not positions:
         return table

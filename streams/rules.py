@@ -1,4 +1,5 @@
-"""The one registry of validation rules: stable reason codes, what each rejects, and the column-wise UPN check.
+"""The one registry of validation rules: stable reason codes, what each rejects, and the column-wise UPN
+check.
 
 Every rejection the stream makes (decode, header, record rules, the completeness tracker) names one of these
 codes; ``attendance rules`` lists them and ``docs/rules.md`` explains the choices behind them. A code, once
@@ -41,70 +42,156 @@ class Rule:
 _RULES: tuple[Rule, ...] = (
     # --- message: the bytes, the structure, the header --------------------------------------------------
     Rule("MSG_NOT_UTF8", "message", "(message)", "The message bytes are not valid UTF-8."),
-    Rule("MSG_NOT_JSON", "message", "(message)",
-         "The message is not one JSON document (syntax error, NaN/Infinity, trailing data, number out of "
-         "range, or nested more than 1024 levels deep)."),
-    Rule("MSG_CONTRACT", "message", "(header)",
-         "The message breaks the contract's structure: not a JSON object, a header field missing, of the "
-         "wrong type or malformed (schema_version, extract_id, urn, laestab, extract_date, generated_at, "
-         "chunk_index, chunk_count, pupil_count), pupils not a list of objects, or a pupil's sessions not a "
-         "list of objects."),
+    Rule(
+        "MSG_NOT_JSON",
+        "message",
+        "(message)",
+        "The message is not one JSON document (syntax error, NaN/Infinity, trailing data, number out of "
+        "range, or nested more than 1024 levels deep).",
+    ),
+    Rule(
+        "MSG_CONTRACT",
+        "message",
+        "(header)",
+        "The message breaks the contract's structure: not a JSON object, a header field missing, of the "
+        "wrong type or malformed (schema_version, extract_id, urn, laestab, extract_date, generated_at, "
+        "chunk_index, chunk_count, pupil_count), pupils not a list of objects, or a pupil's sessions not a "
+        "list of objects.",
+    ),
     Rule("MSG_UNKNOWN_URN", "message", "urn", "The URN is not in the school register (GIAS)."),
-    Rule("MSG_CLOSED_URN", "message", "urn",
-         "The register's status for the URN is neither 'Open' nor 'Open, but proposed to close'."),
-    Rule("MSG_LAESTAB_MISMATCH", "message", "laestab", "The LAESTAB differs from the register's for the URN."),
+    Rule(
+        "MSG_CLOSED_URN",
+        "message",
+        "urn",
+        "The register's status for the URN is neither 'Open' nor 'Open, but proposed to close'.",
+    ),
+    Rule(
+        "MSG_LAESTAB_MISMATCH", "message", "laestab", "The LAESTAB differs from the register's for the URN."
+    ),
     Rule("MSG_EXTRACT_DATE_FUTURE", "message", "extract_date", "extract_date is after today."),
-    Rule("MSG_EXTRACT_DATE_TOO_OLD", "message", "extract_date",
-         "extract_date is more than extract_max_age_days (default 30) before today."),
-    Rule("MSG_CHUNK_NUMBERING", "message", "chunk_index",
-         "Chunk numbering is broken: chunk_index >= chunk_count, chunk_count differs between chunks, a "
-         "chunk_index repeats, or the indexes are not 0..chunk_count-1."),
-    Rule("MSG_PUPIL_COUNT_MISMATCH", "message", "pupil_count",
-         "pupil_count differs between chunks, or the pupils of all chunks do not add up to pupil_count."),
-    Rule("MSG_HEADER_INCONSISTENT", "message", "(header)",
-         "urn, laestab, extract_date or generated_at differs between chunks of one extract."),
-    Rule("MSG_EXTRACT_REJECTED", "message", "chunk_index",
-         "Another chunk of the same extract was rejected: an extract is stored whole or not at all."),
-    Rule("MSG_INCOMPLETE", "message", "chunk_count",
-         "The extract was still missing chunks when the completeness timeout expired."),
-    # --- pupil -----------------------------------------------------------------------------------------------
-    Rule("PUPIL_CONTRACT", "pupil", "(pupil)",
-         "A pupil field is missing, null where required, of the wrong JSON type, or a date that is not "
-         "YYYY-MM-DD."),
-    Rule("PUPIL_UPN_INVALID", "pupil", "upn",
-         "The UPN is not 13 characters of the UPN pattern, or its check letter is wrong."),
-    Rule("PUPIL_DUPLICATE_UPN", "pupil", "upn",
-         "The UPN appears more than once in the extract (all chunks): every copy is rejected."),
-    Rule("PUPIL_YEAR_GROUP_INVALID", "pupil", "nc_year_group",
-         "nc_year_group is not one of E1, E2, N1, N2, R, 1-14, M, X."),
-    Rule("PUPIL_DOB_IMPLAUSIBLE", "pupil", "date_of_birth",
-         "The age at 31 August before the extract's academic year does not fit the year group "
-         "(see docs/rules.md)."),
+    Rule(
+        "MSG_EXTRACT_DATE_TOO_OLD",
+        "message",
+        "extract_date",
+        "extract_date is more than extract_max_age_days (default 30) before today.",
+    ),
+    Rule(
+        "MSG_CHUNK_NUMBERING",
+        "message",
+        "chunk_index",
+        "Chunk numbering is broken: chunk_index >= chunk_count, chunk_count differs between chunks, a "
+        "chunk_index repeats, or the indexes are not 0..chunk_count-1.",
+    ),
+    Rule(
+        "MSG_PUPIL_COUNT_MISMATCH",
+        "message",
+        "pupil_count",
+        "pupil_count differs between chunks, or the pupils of all chunks do not add up to pupil_count.",
+    ),
+    Rule(
+        "MSG_HEADER_INCONSISTENT",
+        "message",
+        "(header)",
+        "urn, laestab, extract_date or generated_at differs between chunks of one extract.",
+    ),
+    Rule(
+        "MSG_EXTRACT_REJECTED",
+        "message",
+        "chunk_index",
+        "Another chunk of the same extract was rejected: an extract is stored whole or not at all.",
+    ),
+    Rule(
+        "MSG_INCOMPLETE",
+        "message",
+        "chunk_count",
+        "The extract was still missing chunks when the completeness timeout expired.",
+    ),
+    # --- pupil ----------------------------------------------------------------------------------------------
+    Rule(
+        "PUPIL_CONTRACT",
+        "pupil",
+        "(pupil)",
+        "A pupil field is missing, null where required, of the wrong JSON type, or a date that is not "
+        "YYYY-MM-DD.",
+    ),
+    Rule(
+        "PUPIL_UPN_INVALID",
+        "pupil",
+        "upn",
+        "The UPN is not 13 characters of the UPN pattern, or its check letter is wrong.",
+    ),
+    Rule(
+        "PUPIL_DUPLICATE_UPN",
+        "pupil",
+        "upn",
+        "The UPN appears more than once in the extract (all chunks): every copy is rejected.",
+    ),
+    Rule(
+        "PUPIL_YEAR_GROUP_INVALID",
+        "pupil",
+        "nc_year_group",
+        "nc_year_group is not one of E1, E2, N1, N2, R, 1-14, M, X.",
+    ),
+    Rule(
+        "PUPIL_DOB_IMPLAUSIBLE",
+        "pupil",
+        "date_of_birth",
+        "The age at 31 August before the extract's academic year does not fit the year group "
+        "(see docs/rules.md).",
+    ),
     Rule("PUPIL_SEX_INVALID", "pupil", "sex", "sex is not 'M' or 'F'."),
     Rule("PUPIL_SEN_INVALID", "pupil", "sen_provision", "sen_provision is not 'N', 'K' or 'E'."),
-    Rule("PUPIL_LEFT", "warn", "leaving_date",
-         "The pupil has marks (other than '-') dated after their leaving_date; the marks are kept."),
-    # --- mark ------------------------------------------------------------------------------------------------
-    Rule("MARK_CONTRACT", "mark", "(mark)",
-         "A mark field (date, session, code) is missing, null, of the wrong JSON type, or the date is not "
-         "YYYY-MM-DD."),
+    Rule(
+        "PUPIL_LEFT",
+        "warn",
+        "leaving_date",
+        "The pupil has marks (other than '-') dated after their leaving_date; the marks are kept.",
+    ),
+    # --- mark -----------------------------------------------------------------------------------------------
+    Rule(
+        "MARK_CONTRACT",
+        "mark",
+        "(mark)",
+        "A mark field (date, session, code) is missing, null, of the wrong JSON type, or the date is not "
+        "YYYY-MM-DD.",
+    ),
     Rule("MARK_CODE_UNKNOWN", "mark", "code", "The code is not a register code."),
-    Rule("MARK_CODE_NOT_VALID_ON_DATE", "mark", "code",
-         "A legacy code (H, J, F, Y) dated on or after 19 August 2024, or a 2024 code (K, C1, C2, J1, Q, "
-         "Y1-Y7) dated before it."),
+    Rule(
+        "MARK_CODE_NOT_VALID_ON_DATE",
+        "mark",
+        "code",
+        "A legacy code (H, J, F, Y) dated on or after 19 August 2024, or a 2024 code (K, C1, C2, J1, Q, "
+        "Y1-Y7) dated before it.",
+    ),
     Rule("MARK_SESSION_INVALID", "mark", "session", "session is not 'AM' or 'PM'."),
-    Rule("MARK_DATE_OUTSIDE_WINDOW", "mark", "date",
-         "The mark is dated after extract_date, or before the amendment window: extract_date minus "
-         "amendment_window_school_days (default 7) weekdays."),
+    Rule(
+        "MARK_DATE_OUTSIDE_WINDOW",
+        "mark",
+        "date",
+        "The mark is dated after extract_date, or before the amendment window: extract_date minus "
+        "amendment_window_school_days (default 7) weekdays.",
+    ),
     Rule("MARK_WEEKEND", "mark", "date", "The mark is dated on a Saturday or Sunday."),
-    Rule("MARK_DUPLICATE_CONFLICT", "mark", "code",
-         "The pupil has two or more marks for the same date and session with different codes: all are "
-         "rejected."),
-    Rule("MARK_DUPLICATE_SAME", "warn", "code",
-         "The same mark (date, session, code) appears more than once for the pupil: the first is kept, "
-         "the copies are dropped."),
-    Rule("MARK_NO_MARK", "warn", "code",
-         "Code '-' (no mark entered yet): kept as the register's current state, counted in no statistic."),
+    Rule(
+        "MARK_DUPLICATE_CONFLICT",
+        "mark",
+        "code",
+        "The pupil has two or more marks for the same date and session with different codes: all are "
+        "rejected.",
+    ),
+    Rule(
+        "MARK_DUPLICATE_SAME",
+        "warn",
+        "code",
+        "The same mark (date, session, code) appears more than once for the pupil: the first is kept, "
+        "the copies are dropped.",
+    ),
+    Rule(
+        "MARK_NO_MARK",
+        "warn",
+        "code",
+        "Code '-' (no mark entered yet): kept as the register's current state, counted in no statistic.",
+    ),
 )
 
 #: Every rule by reason code.
@@ -117,12 +204,14 @@ def severity_of(code: str) -> Severity:
 
 def rules_table() -> pa.Table:
     """The registry as a table (code, severity, field, description), in registry order."""
-    return pa.table({
-        "code": [r.code for r in _RULES],
-        "severity": [r.severity for r in _RULES],
-        "field": [r.field for r in _RULES],
-        "description": [r.description for r in _RULES],
-    })
+    return pa.table(
+        {
+            "code": [r.code for r in _RULES],
+            "severity": [r.severity for r in _RULES],
+            "field": [r.field for r in _RULES],
+            "description": [r.description for r in _RULES],
+        }
+    )
 
 
 def rules_markdown() -> str:
@@ -168,10 +257,14 @@ def upn_is_valid(upns: pa.Array | pa.ChunkedArray) -> pa.Array:
     result = np.zeros(len(upns), dtype=np.bool_)
     if thirteen.any():
         block = upns.filter(pa.array(thirteen)).cast(pa.binary()).cast(pa.binary(13))
-        chars = np.frombuffer(block.buffers()[1], dtype=np.uint8, count=len(block) * 13,
-                              offset=block.offset * 13).reshape(-1, 13)
-        shaped = _IS_LETTER[chars[:, 0]] & _IS_DIGIT[chars[:, 1:12]].all(axis=1) & (
-            _IS_DIGIT[chars[:, 12]] | _IS_LETTER[chars[:, 12]])
+        chars = np.frombuffer(
+            block.buffers()[1], dtype=np.uint8, count=len(block) * 13, offset=block.offset * 13
+        ).reshape(-1, 13)
+        shaped = (
+            _IS_LETTER[chars[:, 0]]
+            & _IS_DIGIT[chars[:, 1:12]].all(axis=1)
+            & (_IS_DIGIT[chars[:, 12]] | _IS_LETTER[chars[:, 12]])
+        )
         total = np.zeros(len(block), dtype=np.int32)
         for position in range(1, 13):  # 0-based column p holds character p+1, weight p+1
             total += _CHAR_VALUE[chars[:, position]] * (position + 1)
@@ -188,8 +281,10 @@ def _render_table(table: pa.Table, width: int = 100) -> str:
     sev_w = max(len("severity"), *(len(r["severity"]) for r in rows))
     field_w = max(len("field"), *(len(r["field"]) for r in rows))
     desc_w = max(30, width - code_w - sev_w - field_w - 6)
-    out = [f"{'code':<{code_w}}  {'severity':<{sev_w}}  {'field':<{field_w}}  description",
-           f"{'-' * code_w}  {'-' * sev_w}  {'-' * field_w}  {'-' * min(desc_w, 11)}"]
+    out = [
+        f"{'code':<{code_w}}  {'severity':<{sev_w}}  {'field':<{field_w}}  description",
+        f"{'-' * code_w}  {'-' * sev_w}  {'-' * field_w}  {'-' * min(desc_w, 11)}",
+    ]
     for r in rows:
         words, lines, line = r["description"].split(), [], ""
         for word in words:
@@ -206,8 +301,14 @@ def _render_table(table: pa.Table, width: int = 100) -> str:
 
 
 @click.command("rules")
-@click.option("--format", "output_format", type=click.Choice(["table", "csv"]), default="table",
-              show_default=True, help="A readable table, or CSV for a spreadsheet.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["table", "csv"]),
+    default="table",
+    show_default=True,
+    help="A readable table, or CSV for a spreadsheet.",
+)
 def rules_command(output_format: str) -> None:
     """List the validation rules: reason code, severity, field and description."""
     table = rules_table()

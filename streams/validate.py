@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.codes import REGISTER_CODES, Category
-from schemas.contract import SEN_PROVISION, SESSIONS, YEAR_GROUPS
+from schemas.contract import SEN_PROVISION, YEAR_GROUPS
 from storage.tables import ATTENDANCE_SESSIONS, PUPILS
 from streams.decode import MESSAGE_REJECTIONS_SCHEMA
 from streams.rules import RULES, upn_is_valid
@@ -32,26 +32,33 @@ OPEN_STATUSES = ("Open", "Open, but proposed to close")
 SEXES = ("M", "F")
 NO_MARK = "-"
 
-REJECTIONS_SCHEMA = pa.schema([
-    ("msg_index", pa.int32()),
-    ("pupil_position", pa.int32()),
-    ("mark_position", pa.int32()),
-    ("reason_code", pa.string()),
-    ("severity", pa.string()),
-    ("field", pa.string()),
-    ("detail", pa.string()),
-])
+REJECTIONS_SCHEMA = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("pupil_position", pa.int32()),
+        ("mark_position", pa.int32()),
+        ("reason_code", pa.string()),
+        ("severity", pa.string()),
+        ("field", pa.string()),
+        ("detail", pa.string()),
+    ]
+)
 #: ``pupils`` table contract without ``current_since`` (the sink stamps it).
 ACCEPTED_PUPILS_SCHEMA = pa.schema([f for f in PUPILS.schema if f.name != "current_since"])
 #: ``attendance_sessions`` table contract without ``ingested_at`` (the sink stamps it).
 ACCEPTED_MARKS_SCHEMA = pa.schema([f for f in ATTENDANCE_SESSIONS.schema if f.name != "ingested_at"])
-PER_MESSAGE_SCHEMA = pa.schema([
-    ("msg_index", pa.int32()), ("extract_id", pa.string()),
-    ("pupils_accepted", pa.int32()), ("marks_accepted", pa.int32()),
-])
+PER_MESSAGE_SCHEMA = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("extract_id", pa.string()),
+        ("pupils_accepted", pa.int32()),
+        ("marks_accepted", pa.int32()),
+    ]
+)
 
 
-# --- ages by year group ---------------------------------------------------------------------------------------
+# --- ages by year group -------------------------------------------------------------------------------------
+
 
 def _age_ranges() -> dict[str, tuple[int, int]]:
     """Plausible age at 31 August before the academic year, by national curriculum year group.
@@ -78,8 +85,9 @@ _VALID_TO = pa.array([c.valid_to for c in REGISTER_CODES], pa.date32())
 _FLAG_COLUMNS: dict[str, pa.Array] = {
     "is_possible": pa.array([c.possible for c in REGISTER_CODES], pa.bool_()),
     "is_present": pa.array([c.category == Category.PRESENT for c in REGISTER_CODES], pa.bool_()),
-    "is_approved_educational_activity": pa.array([c.category == Category.AEA for c in REGISTER_CODES],
-                                                 pa.bool_()),
+    "is_approved_educational_activity": pa.array(
+        [c.category == Category.AEA for c in REGISTER_CODES], pa.bool_()
+    ),
     "is_authorised": pa.array([c.category == Category.AUTHORISED for c in REGISTER_CODES], pa.bool_()),
     "is_unauthorised": pa.array([c.category == Category.UNAUTHORISED for c in REGISTER_CODES], pa.bool_()),
     "is_late": pa.array([c.late for c in REGISTER_CODES], pa.bool_()),
@@ -92,7 +100,8 @@ def mark_flags(codes: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
     return {name: pc.take(column, index) for name, column in _FLAG_COLUMNS.items()}
 
 
-# --- small column helpers ------------------------------------------------------------------------------------
+# --- small column helpers -----------------------------------------------------------------------------------
+
 
 def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.RecordBatch:
     """The named columns as one batch, cast to the given types (accepts large_string/string_view from
@@ -100,29 +109,46 @@ def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.RecordBatch:
     missing = [name for name in types if name not in table.column_names]
     if missing:
         raise ValueError(f"table lacks column(s) {', '.join(missing)}")
-    return pa.record_batch([table.column(name).combine_chunks().cast(type_) if table.num_rows
-                            else pa.array([], type_) for name, type_ in types.items()], names=list(types))
+    return pa.record_batch(
+        [
+            table.column(name).combine_chunks().cast(type_) if table.num_rows else pa.array([], type_)
+            for name, type_ in types.items()
+        ],
+        names=list(types),
+    )
 
 
 def _strings(value: str, length: int) -> pa.Array:
     return pa.array([value], pa.string()).take(pa.array(np.zeros(length, dtype=np.int32)))
 
 
-def _rows(mask: pa.Array, code: str, field: str, detail: str | pa.Array, msg_index: pa.Array,
-          pupil_position: pa.Array | None = None, mark_position: pa.Array | None = None) -> pa.Table | None:
+def _rows(
+    mask: pa.Array,
+    code: str,
+    field: str,
+    detail: str | pa.Array,
+    msg_index: pa.Array,
+    pupil_position: pa.Array | None = None,
+    mark_position: pa.Array | None = None,
+) -> pa.Table | None:
     """Rejection rows where ``mask`` is true (null counts as false)."""
     mask = pc.fill_null(mask, False)
     hits = int(pc.sum(mask).as_py() or 0)
     if hits == 0:
         return None
     nulls = pa.nulls(hits, pa.int32())
-    return pa.table([
-        pc.filter(msg_index, mask),
-        pc.filter(pupil_position, mask) if pupil_position is not None else nulls,
-        pc.filter(mark_position, mask) if mark_position is not None else nulls,
-        _strings(code, hits), _strings(RULES[code].severity, hits), _strings(field, hits),
-        pc.filter(detail, mask) if isinstance(detail, pa.Array) else _strings(detail, hits),
-    ], schema=REJECTIONS_SCHEMA)
+    return pa.table(
+        [
+            pc.filter(msg_index, mask),
+            pc.filter(pupil_position, mask) if pupil_position is not None else nulls,
+            pc.filter(mark_position, mask) if mark_position is not None else nulls,
+            _strings(code, hits),
+            _strings(RULES[code].severity, hits),
+            _strings(field, hits),
+            pc.filter(detail, mask) if isinstance(detail, pa.Array) else _strings(detail, hits),
+        ],
+        schema=REJECTIONS_SCHEMA,
+    )
 
 
 def _concat(tables: list[pa.Table | None], schema: pa.Schema) -> pa.Table:
@@ -134,21 +160,32 @@ def _concat(tables: list[pa.Table | None], schema: pa.Schema) -> pa.Table:
     return out.sort_by([(k, "ascending") for k in keys])
 
 
-def _message_rows(mask: pa.Array, code: str, field: str, detail: str | pa.Array, msg_index: pa.Array
-                  ) -> pa.Table | None:
+def _message_rows(
+    mask: pa.Array, code: str, field: str, detail: str | pa.Array, msg_index: pa.Array
+) -> pa.Table | None:
     rows = _rows(mask, code, field, detail, msg_index)
     return rows.select(MESSAGE_REJECTIONS_SCHEMA.names) if rows is not None else None
 
 
-# --- headers -------------------------------------------------------------------------------------------------
+# --- headers ------------------------------------------------------------------------------------------------
+
 
 def check_headers(headers: pa.Table, register: pa.Table, today: dt.date, *, max_age_days: int) -> pa.Table:
     """Register and date checks of each message's header: rejections (msg_index, reason_code, field, detail).
 
     ``register`` has the columns of ``storage.tables.SCHOOLS`` (at least urn, laestab, status).
     """
-    h = _conform(headers, {"msg_index": pa.int32(), "urn": pa.string(), "laestab": pa.string(),
-                           "extract_date": pa.date32(), "chunk_index": pa.int32(), "chunk_count": pa.int32()})
+    h = _conform(
+        headers,
+        {
+            "msg_index": pa.int32(),
+            "urn": pa.string(),
+            "laestab": pa.string(),
+            "extract_date": pa.date32(),
+            "chunk_index": pa.int32(),
+            "chunk_count": pa.int32(),
+        },
+    )
     reg = _conform(register, {"urn": pa.string(), "laestab": pa.string(), "status": pa.string()})
     msg = h.column("msg_index")
     at = pc.index_in(h.column("urn"), value_set=reg.column("urn"))
@@ -160,20 +197,43 @@ def check_headers(headers: pa.Table, register: pa.Table, today: dt.date, *, max_
     oldest = today - dt.timedelta(days=max_age_days)
     out = [
         _message_rows(pc.invert(known), "MSG_UNKNOWN_URN", "urn", "urn: not in the school register", msg),
-        _message_rows(pc.and_(known, pc.invert(is_open)), "MSG_CLOSED_URN", "urn",
-                      pc.binary_join_element_wise("urn: register status is '", pc.fill_null(status, "(none)"),
-                                                  "'", ""), msg),
-        _message_rows(pc.and_(pc.is_valid(register_laestab), pc.not_equal(h.column("laestab"), register_laestab)),
-                      "MSG_LAESTAB_MISMATCH", "laestab",
-                      pc.binary_join_element_wise("laestab: the register has ",
-                                                  pc.fill_null(register_laestab, ""), " for this urn", ""), msg),
-        _message_rows(pc.greater(extract_date, pa.scalar(today, pa.date32())), "MSG_EXTRACT_DATE_FUTURE",
-                      "extract_date", f"extract_date: after today ({today.isoformat()})", msg),
-        _message_rows(pc.less(extract_date, pa.scalar(oldest, pa.date32())), "MSG_EXTRACT_DATE_TOO_OLD",
-                      "extract_date", f"extract_date: more than {max_age_days} days before today "
-                      f"({today.isoformat()})", msg),
-        _message_rows(pc.greater_equal(h.column("chunk_index"), h.column("chunk_count")), "MSG_CHUNK_NUMBERING",
-                      "chunk_index", "chunk_index: not below chunk_count", msg),
+        _message_rows(
+            pc.and_(known, pc.invert(is_open)),
+            "MSG_CLOSED_URN",
+            "urn",
+            pc.binary_join_element_wise("urn: register status is '", pc.fill_null(status, "(none)"), "'", ""),
+            msg,
+        ),
+        _message_rows(
+            pc.and_(pc.is_valid(register_laestab), pc.not_equal(h.column("laestab"), register_laestab)),
+            "MSG_LAESTAB_MISMATCH",
+            "laestab",
+            pc.binary_join_element_wise(
+                "laestab: the register has ", pc.fill_null(register_laestab, ""), " for this urn", ""
+            ),
+            msg,
+        ),
+        _message_rows(
+            pc.greater(extract_date, pa.scalar(today, pa.date32())),
+            "MSG_EXTRACT_DATE_FUTURE",
+            "extract_date",
+            f"extract_date: after today ({today.isoformat()})",
+            msg,
+        ),
+        _message_rows(
+            pc.less(extract_date, pa.scalar(oldest, pa.date32())),
+            "MSG_EXTRACT_DATE_TOO_OLD",
+            "extract_date",
+            f"extract_date: more than {max_age_days} days before today ({today.isoformat()})",
+            msg,
+        ),
+        _message_rows(
+            pc.greater_equal(h.column("chunk_index"), h.column("chunk_count")),
+            "MSG_CHUNK_NUMBERING",
+            "chunk_index",
+            "chunk_index: not below chunk_count",
+            msg,
+        ),
     ]
     return _concat(out, MESSAGE_REJECTIONS_SCHEMA)
 
@@ -184,67 +244,137 @@ def check_extract_consistency(headers_of_complete_extracts: pa.Table) -> pa.Tabl
     Expects the headers of every chunk of each extract (the worker calls it on extracts the completeness
     tracker has resolved). Redelivered copies of a chunk must be removed first: they count as a repeat.
     """
-    h = _conform(headers_of_complete_extracts, {
-        "msg_index": pa.int32(), "extract_id": pa.string(), "urn": pa.string(), "laestab": pa.string(),
-        "extract_date": pa.date32(), "generated_at": pa.timestamp("us", tz="UTC"), "chunk_index": pa.int32(),
-        "chunk_count": pa.int32(), "pupil_count": pa.int32(), "pupils_in_message": pa.int32()})
+    h = _conform(
+        headers_of_complete_extracts,
+        {
+            "msg_index": pa.int32(),
+            "extract_id": pa.string(),
+            "urn": pa.string(),
+            "laestab": pa.string(),
+            "extract_date": pa.date32(),
+            "generated_at": pa.timestamp("us", tz="UTC"),
+            "chunk_index": pa.int32(),
+            "chunk_count": pa.int32(),
+            "pupil_count": pa.int32(),
+            "pupils_in_message": pa.int32(),
+        },
+    )
     if h.num_rows == 0:
         return MESSAGE_REJECTIONS_SCHEMA.empty_table()
-    g = pa.Table.from_batches([h]).group_by("extract_id").aggregate([
-        ("chunk_count", "count_distinct"), ("chunk_count", "min"), ("chunk_index", "count"),
-        ("chunk_index", "count_distinct"), ("chunk_index", "min"), ("chunk_index", "max"),
-        ("pupil_count", "count_distinct"), ("pupil_count", "min"), ("pupils_in_message", "sum"),
-        ("urn", "count_distinct"), ("laestab", "count_distinct"), ("extract_date", "count_distinct"),
-        ("generated_at", "count_distinct"),
-    ])
+    g = (
+        pa.Table.from_batches([h])
+        .group_by("extract_id")
+        .aggregate(
+            [
+                ("chunk_count", "count_distinct"),
+                ("chunk_count", "min"),
+                ("chunk_index", "count"),
+                ("chunk_index", "count_distinct"),
+                ("chunk_index", "min"),
+                ("chunk_index", "max"),
+                ("pupil_count", "count_distinct"),
+                ("pupil_count", "min"),
+                ("pupils_in_message", "sum"),
+                ("urn", "count_distinct"),
+                ("laestab", "count_distinct"),
+                ("extract_date", "count_distinct"),
+                ("generated_at", "count_distinct"),
+            ]
+        )
+    )
     g = pa.record_batch(g.combine_chunks().to_batches()[0]) if g.num_rows else g
     extract = g.column("extract_id")
     count_consistent = pc.equal(g.column("chunk_count_count_distinct"), 1)
     repeated = pc.not_equal(g.column("chunk_index_count"), g.column("chunk_index_count_distinct"))
-    whole = pc.and_(pc.and_(count_consistent, pc.invert(repeated)), pc.and_(
-        pc.equal(g.column("chunk_index_count_distinct"), g.column("chunk_count_min")),
-        pc.and_(pc.equal(g.column("chunk_index_min"), 0),
-                pc.equal(g.column("chunk_index_max"), pc.subtract(g.column("chunk_count_min"), 1)))))
+    whole = pc.and_(
+        pc.and_(count_consistent, pc.invert(repeated)),
+        pc.and_(
+            pc.equal(g.column("chunk_index_count_distinct"), g.column("chunk_count_min")),
+            pc.and_(
+                pc.equal(g.column("chunk_index_min"), 0),
+                pc.equal(g.column("chunk_index_max"), pc.subtract(g.column("chunk_count_min"), 1)),
+            ),
+        ),
+    )
     pupil_count_consistent = pc.equal(g.column("pupil_count_count_distinct"), 1)
     total = pc.cast(g.column("pupils_in_message_sum"), pa.int64())
     faults: list[tuple[pa.Array, str, str, str | pa.Array]] = [
-        (pc.invert(count_consistent), "MSG_CHUNK_NUMBERING", "chunk_count",
-         "chunk_count: differs between chunks of the extract"),
+        (
+            pc.invert(count_consistent),
+            "MSG_CHUNK_NUMBERING",
+            "chunk_count",
+            "chunk_count: differs between chunks of the extract",
+        ),
         (repeated, "MSG_CHUNK_NUMBERING", "chunk_index", "chunk_index: repeated within the extract"),
-        (pc.and_(pc.and_(count_consistent, pc.invert(repeated)), pc.invert(whole)), "MSG_CHUNK_NUMBERING",
-         "chunk_index", "chunk_index: the chunks are not numbered 0..chunk_count-1"),
-        (pc.invert(pupil_count_consistent), "MSG_PUPIL_COUNT_MISMATCH", "pupil_count",
-         "pupil_count: differs between chunks of the extract"),
-        (pc.and_(pc.and_(whole, pupil_count_consistent),
-                 pc.not_equal(total, pc.cast(g.column("pupil_count_min"), pa.int64()))),
-         "MSG_PUPIL_COUNT_MISMATCH", "pupil_count",
-         pc.binary_join_element_wise("pupil_count: the chunks carry ", pc.cast(total, pa.string()),
-                                     " pupils, pupil_count says ",
-                                     pc.cast(g.column("pupil_count_min"), pa.string()), "")),
+        (
+            pc.and_(pc.and_(count_consistent, pc.invert(repeated)), pc.invert(whole)),
+            "MSG_CHUNK_NUMBERING",
+            "chunk_index",
+            "chunk_index: the chunks are not numbered 0..chunk_count-1",
+        ),
+        (
+            pc.invert(pupil_count_consistent),
+            "MSG_PUPIL_COUNT_MISMATCH",
+            "pupil_count",
+            "pupil_count: differs between chunks of the extract",
+        ),
+        (
+            pc.and_(
+                pc.and_(whole, pupil_count_consistent),
+                pc.not_equal(total, pc.cast(g.column("pupil_count_min"), pa.int64())),
+            ),
+            "MSG_PUPIL_COUNT_MISMATCH",
+            "pupil_count",
+            pc.binary_join_element_wise(
+                "pupil_count: the chunks carry ",
+                pc.cast(total, pa.string()),
+                " pupils, pupil_count says ",
+                pc.cast(g.column("pupil_count_min"), pa.string()),
+                "",
+            ),
+        ),
     ]
     for name in ("urn", "laestab", "extract_date", "generated_at"):
-        faults.append((pc.greater(g.column(f"{name}_count_distinct"), 1), "MSG_HEADER_INCONSISTENT", name,
-                       f"{name}: differs between chunks of the extract"))
+        faults.append(
+            (
+                pc.greater(g.column(f"{name}_count_distinct"), 1),
+                "MSG_HEADER_INCONSISTENT",
+                name,
+                f"{name}: differs between chunks of the extract",
+            )
+        )
     per_extract = []
     for mask, code, field, detail in faults:
         mask = pc.fill_null(mask, False)
         if not pc.any(mask).as_py():
             continue
         hits = pc.filter(extract, mask)
-        per_extract.append(pa.table({
-            "extract_id": hits, "reason_code": _strings(code, len(hits)), "field": _strings(field, len(hits)),
-            "detail": pc.filter(detail, mask) if isinstance(detail, pa.Array) else _strings(detail, len(hits)),
-        }))
+        per_extract.append(
+            pa.table(
+                {
+                    "extract_id": hits,
+                    "reason_code": _strings(code, len(hits)),
+                    "field": _strings(field, len(hits)),
+                    "detail": pc.filter(detail, mask)
+                    if isinstance(detail, pa.Array)
+                    else _strings(detail, len(hits)),
+                }
+            )
+        )
     if not per_extract:
         return MESSAGE_REJECTIONS_SCHEMA.empty_table()
     faulty = pa.concat_tables(per_extract)
-    joined = pa.Table.from_batches([h.select(["msg_index", "extract_id"])]).join(faulty, "extract_id",
-                                                                                join_type="inner")
-    return _concat([joined.select(MESSAGE_REJECTIONS_SCHEMA.names).cast(MESSAGE_REJECTIONS_SCHEMA)],
-                   MESSAGE_REJECTIONS_SCHEMA)
+    joined = pa.Table.from_batches([h.select(["msg_index", "extract_id"])]).join(
+        faulty, "extract_id", join_type="inner"
+    )
+    return _concat(
+        [joined.select(MESSAGE_REJECTIONS_SCHEMA.names).cast(MESSAGE_REJECTIONS_SCHEMA)],
+        MESSAGE_REJECTIONS_SCHEMA,
+    )
 
 
-# --- records -------------------------------------------------------------------------------------------------
+# --- records ------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class RecordValidation:
@@ -268,8 +398,11 @@ def amendment_window_start(extract_date: pa.Array, school_days: int) -> pa.Array
     counts from the following Monday, so the window is still the N weekdays before it)."""
     days = np.asarray(pc.cast(extract_date, pa.int32()).fill_null(0), dtype=np.int32).astype("datetime64[D]")
     start = np.busday_offset(days, -school_days, roll="forward")
-    return pc.if_else(pc.is_valid(extract_date), pa.array(start.astype(np.int32), pa.int32()).cast(pa.date32()),
-                      pa.scalar(None, pa.date32()))
+    return pc.if_else(
+        pc.is_valid(extract_date),
+        pa.array(start.astype(np.int32), pa.int32()).cast(pa.date32()),
+        pa.scalar(None, pa.date32()),
+    )
 
 
 def _academic_year_start(dates: pa.Array) -> pa.Array:
@@ -296,22 +429,32 @@ def _duplicated(group: np.ndarray, value: pa.Array) -> pa.Array:
     return pa.array(repeated)
 
 
-def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
-                     amendment_window_school_days: int) -> RecordValidation:
+def validate_records(
+    headers: pa.Table, pupils: pa.Table, marks: pa.Table, *, amendment_window_school_days: int
+) -> RecordValidation:
     """Pupil and mark rules over the records of accepted messages (see the module docstring).
 
     ``headers`` are those of the accepted messages (the decoder's columns); ``pupils``/``marks`` are the
     decoder's tables, possibly spanning several messages and extracts: duplicate UPNs are found per
     ``extract_id`` across its chunks. Records of messages not in ``headers`` are ignored.
     """
-    h = _conform(headers, {"msg_index": pa.int32(), "extract_id": pa.string(), "urn": pa.string(),
-                           "extract_date": pa.date32(), "generated_at": pa.timestamp("us", tz="UTC")})
+    h = _conform(
+        headers,
+        {
+            "msg_index": pa.int32(),
+            "extract_id": pa.string(),
+            "urn": pa.string(),
+            "extract_date": pa.date32(),
+            "generated_at": pa.timestamp("us", tz="UTC"),
+        },
+    )
     p = _conform(pupils, {f.name: f.type for f in _PUPIL_INPUT})
     m = _conform(marks, {f.name: f.type for f in _MARK_INPUT})
 
     # Join each pupil to its message's header: msg_index -> header row through a direct lookup array.
-    p_row_np = _row_lookup(np.asarray(h.column("msg_index"), dtype=np.int64),
-                           np.asarray(p.column("msg_index"), dtype=np.int64))
+    p_row_np = _row_lookup(
+        np.asarray(h.column("msg_index"), dtype=np.int64), np.asarray(p.column("msg_index"), dtype=np.int64)
+    )
     if (p_row_np < 0).any():
         p = p.filter(pa.array(p_row_np >= 0))
         p_row_np = p_row_np[p_row_np >= 0]
@@ -324,21 +467,42 @@ def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
     upn = p.column("upn")
     year_index = pc.index_in(p.column("nc_year_group"), value_set=_YEAR_GROUP_LIST)
     age = _age_at_31_august(p.column("date_of_birth"), _academic_year_start(p_extract_date))
-    implausible = pc.or_(pc.less(age, pc.take(_MIN_AGE, year_index)), pc.greater(age, pc.take(_MAX_AGE, year_index)))
+    implausible = pc.or_(
+        pc.less(age, pc.take(_MIN_AGE, year_index)), pc.greater(age, pc.take(_MAX_AGE, year_index))
+    )
     duplicate = _duplicated(extract_code[p_row_np], upn) if p.num_rows else pa.array([], pa.bool_())
     pupil_checks: list[tuple[pa.Array, str, str, str]] = [
-        (pc.invert(upn_is_valid(upn)), "PUPIL_UPN_INVALID", "upn",
-         "upn: not a valid UPN (13 characters, check letter)"),
+        (
+            pc.invert(upn_is_valid(upn)),
+            "PUPIL_UPN_INVALID",
+            "upn",
+            "upn: not a valid UPN (13 characters, check letter)",
+        ),
         (duplicate, "PUPIL_DUPLICATE_UPN", "upn", "upn: appears more than once in the extract"),
-        (pc.is_null(year_index), "PUPIL_YEAR_GROUP_INVALID", "nc_year_group",
-         "nc_year_group: not one of " + ", ".join(YEAR_GROUPS)),
-        (implausible, "PUPIL_DOB_IMPLAUSIBLE", "date_of_birth",
-         "date_of_birth: age at 31 August before the academic year is outside the range for the year group"),
+        (
+            pc.is_null(year_index),
+            "PUPIL_YEAR_GROUP_INVALID",
+            "nc_year_group",
+            "nc_year_group: not one of " + ", ".join(YEAR_GROUPS),
+        ),
+        (
+            implausible,
+            "PUPIL_DOB_IMPLAUSIBLE",
+            "date_of_birth",
+            "date_of_birth: age at 31 August before the academic year is outside the range for the year "
+            "group",
+        ),
         (pc.invert(_one_of(p.column("sex"), SEXES)), "PUPIL_SEX_INVALID", "sex", "sex: not M or F"),
-        (pc.invert(_one_of(p.column("sen_provision"), SEN_PROVISION)), "PUPIL_SEN_INVALID", "sen_provision",
-         "sen_provision: not N, K or E"),
+        (
+            pc.invert(_one_of(p.column("sen_provision"), SEN_PROVISION)),
+            "PUPIL_SEN_INVALID",
+            "sen_provision",
+            "sen_provision: not N, K or E",
+        ),
     ]
-    pupil_faults = [_rows(mask, code, field, detail, p_msg, p_pos) for mask, code, field, detail in pupil_checks]
+    pupil_faults = [
+        _rows(mask, code, field, detail, p_msg, p_pos) for mask, code, field, detail in pupil_checks
+    ]
     rejected_pupil = _any([mask for mask, *_ in pupil_checks], p.num_rows)
     accepted = pc.invert(rejected_pupil)
 
@@ -358,15 +522,18 @@ def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
     m_row = pa.array(p_row_np[m_pupil_np], pa.int64())
     date, session, code = m.column("date"), m.column("session"), m.column("code")
     m_extract_date = pc.take(h.column("extract_date"), m_row)
-    window_start = pc.take(amendment_window_start(h.column("extract_date"), amendment_window_school_days), m_row)
+    window_start = pc.take(
+        amendment_window_start(h.column("extract_date"), amendment_window_school_days), m_row
+    )
     # One hash pass over the codes: the handful of distinct codes are looked up, then gathered back.
     code_dictionary = pc.dictionary_encode(code)
     code_index = pc.take(pc.index_in(code_dictionary.dictionary, value_set=_CODES), code_dictionary.indices)
     known_code = pc.is_valid(code_index)
     valid_from = pc.take(_VALID_FROM, code_index)
     valid_to = pc.take(_VALID_TO, code_index)
-    wrong_date = pc.or_(pc.fill_null(pc.less(date, valid_from), False),
-                        pc.fill_null(pc.greater(date, valid_to), False))
+    wrong_date = pc.or_(
+        pc.fill_null(pc.less(date, valid_from), False), pc.fill_null(pc.greater(date, valid_to), False)
+    )
     is_pm = pc.equal(session, "PM")
     good_session = pc.or_(pc.equal(session, "AM"), is_pm)
 
@@ -378,37 +545,76 @@ def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
     if in_repeat.any():
         rows_in_repeat = pa.array(np.flatnonzero(in_repeat), pa.int64())
         slot_key = (m_pupil_np << 33) + slot
-        sub = pa.table({"slot": pa.array(slot_key[in_repeat]), "code": pc.take(code, rows_in_repeat),
-                        "mark_position": pc.take(m_mpos, rows_in_repeat), "row": rows_in_repeat})
+        sub = pa.table(
+            {
+                "slot": pa.array(slot_key[in_repeat]),
+                "code": pc.take(code, rows_in_repeat),
+                "mark_position": pc.take(m_mpos, rows_in_repeat),
+                "row": rows_in_repeat,
+            }
+        )
         per_slot = sub.group_by("slot").aggregate([("code", "count_distinct"), ("mark_position", "min")])
         joined = sub.join(per_slot, "slot")
-        conflicting_rows = pc.filter(joined.column("row"), pc.greater(joined.column("code_count_distinct"), 1))
-        copy_rows = pc.filter(joined.column("row"), pc.and_(
-            pc.equal(joined.column("code_count_distinct"), 1),
-            pc.not_equal(joined.column("mark_position"), joined.column("mark_position_min"))))
+        conflicting_rows = pc.filter(
+            joined.column("row"), pc.greater(joined.column("code_count_distinct"), 1)
+        )
+        copy_rows = pc.filter(
+            joined.column("row"),
+            pc.and_(
+                pc.equal(joined.column("code_count_distinct"), 1),
+                pc.not_equal(joined.column("mark_position"), joined.column("mark_position_min")),
+            ),
+        )
         all_rows = pa.array(np.arange(m.num_rows), pa.int64())
         conflict = pc.is_in(all_rows, value_set=conflicting_rows)
         extra_copy = pc.is_in(all_rows, value_set=copy_rows)
 
     mark_checks: list[tuple[pa.Array, str, str, str]] = [
         (pc.invert(known_code), "MARK_CODE_UNKNOWN", "code", "code: not a register code"),
-        (pc.and_(known_code, wrong_date), "MARK_CODE_NOT_VALID_ON_DATE", "code",
-         "code: not valid on the mark's date (legacy code from 19 August 2024, or 2024 code before it)"),
+        (
+            pc.and_(known_code, wrong_date),
+            "MARK_CODE_NOT_VALID_ON_DATE",
+            "code",
+            "code: not valid on the mark's date (legacy code from 19 August 2024, or 2024 code before it)",
+        ),
         (pc.invert(good_session), "MARK_SESSION_INVALID", "session", "session: not AM or PM"),
-        (pc.or_(pc.greater(date, m_extract_date), pc.less(date, window_start)), "MARK_DATE_OUTSIDE_WINDOW",
-         "date", f"date: outside the amendment window ({amendment_window_school_days} weekdays before "
-         "extract_date, up to extract_date)"),
+        (
+            pc.or_(pc.greater(date, m_extract_date), pc.less(date, window_start)),
+            "MARK_DATE_OUTSIDE_WINDOW",
+            "date",
+            f"date: outside the amendment window ({amendment_window_school_days} weekdays before "
+            "extract_date, up to extract_date)",
+        ),
         (pc.greater_equal(pc.day_of_week(date), 5), "MARK_WEEKEND", "date", "date: a Saturday or Sunday"),
-        (conflict, "MARK_DUPLICATE_CONFLICT", "code",
-         "code: the same date and session is marked more than once with different codes"),
+        (
+            conflict,
+            "MARK_DUPLICATE_CONFLICT",
+            "code",
+            "code: the same date and session is marked more than once with different codes",
+        ),
     ]
-    mark_faults = [_rows(mask, code_, field, detail, m_msg, m_ppos, m_mpos)
-                   for mask, code_, field, detail in mark_checks]
+    mark_faults = [
+        _rows(mask, code_, field, detail, m_msg, m_ppos, m_mpos) for mask, code_, field, detail in mark_checks
+    ]
     mark_warnings = [
-        _rows(extra_copy, "MARK_DUPLICATE_SAME", "code",
-              "code: the same mark repeated for this date and session; the first is kept", m_msg, m_ppos, m_mpos),
-        _rows(pc.equal(code, NO_MARK), "MARK_NO_MARK", "code", "code: '-' (no mark entered yet)", m_msg, m_ppos,
-              m_mpos),
+        _rows(
+            extra_copy,
+            "MARK_DUPLICATE_SAME",
+            "code",
+            "code: the same mark repeated for this date and session; the first is kept",
+            m_msg,
+            m_ppos,
+            m_mpos,
+        ),
+        _rows(
+            pc.equal(code, NO_MARK),
+            "MARK_NO_MARK",
+            "code",
+            "code: '-' (no mark entered yet)",
+            m_msg,
+            m_ppos,
+            m_mpos,
+        ),
     ]
     mark_ok = pc.invert(_any([mask for mask, *_ in mark_checks] + [extra_copy], m.num_rows))
 
@@ -417,54 +623,88 @@ def validate_records(headers: pa.Table, pupils: pa.Table, marks: pa.Table, *,
     after_leaving = pc.fill_null(pc.and_(pc.greater(date, leaving), pc.not_equal(code, NO_MARK)), False)
     left_warnings = None
     if pc.any(after_leaving).as_py():
-        late = pa.table({"pupil": pc.filter(m_pupil, after_leaving)}).group_by("pupil").aggregate(
-            [("pupil", "count")])
+        late = (
+            pa.table({"pupil": pc.filter(m_pupil, after_leaving)})
+            .group_by("pupil")
+            .aggregate([("pupil", "count")])
+        )
         pupils_late = late.column("pupil").combine_chunks()
         counts = pc.cast(late.column("pupil_count").combine_chunks(), pa.string())
-        left_warnings = _rows(pa.array(np.ones(len(pupils_late), dtype=np.bool_)), "PUPIL_LEFT", "leaving_date",
-                              pc.binary_join_element_wise(counts, " mark(s) dated after leaving_date", ""),
-                              pc.take(p_msg, pupils_late), pc.take(p_pos, pupils_late))
+        left_warnings = _rows(
+            pa.array(np.ones(len(pupils_late), dtype=np.bool_)),
+            "PUPIL_LEFT",
+            "leaving_date",
+            pc.binary_join_element_wise(counts, " mark(s) dated after leaving_date", ""),
+            pc.take(p_msg, pupils_late),
+            pc.take(p_pos, pupils_late),
+        )
 
     # What to store.
     kept_p = p.filter(accepted)
     kept_row = p_row.filter(accepted)
-    accepted_pupils = pa.table({
-        "urn": pc.take(h.column("urn"), kept_row),
-        **{name: kept_p.column(name) for name in _PUPIL_STORED},
-        "extract_id": pc.take(h.column("extract_id"), kept_row),
-        "generated_at": pc.take(h.column("generated_at"), kept_row),
-    }).cast(ACCEPTED_PUPILS_SCHEMA)
+    accepted_pupils = pa.table(
+        {
+            "urn": pc.take(h.column("urn"), kept_row),
+            **{name: kept_p.column(name) for name in _PUPIL_STORED},
+            "extract_id": pc.take(h.column("extract_id"), kept_row),
+            "generated_at": pc.take(h.column("generated_at"), kept_row),
+        }
+    ).cast(ACCEPTED_PUPILS_SCHEMA)
     kept_m = m.filter(mark_ok)
     kept_m_pupil = m_pupil.filter(mark_ok)
     kept_m_row = m_row.filter(mark_ok)
     flags = {name: pc.take(column, pc.filter(code_index, mark_ok)) for name, column in _FLAG_COLUMNS.items()}
-    accepted_marks = pa.table({
-        "urn": pc.take(h.column("urn"), kept_m_row),
-        "upn": pc.take(upn, kept_m_pupil),
-        "date": kept_m.column("date"),
-        "session": kept_m.column("session"),
-        "code": kept_m.column("code"),
-        **flags,
-        "extract_id": pc.take(h.column("extract_id"), kept_m_row),
-        "generated_at": pc.take(h.column("generated_at"), kept_m_row),
-    }).cast(ACCEPTED_MARKS_SCHEMA)
+    accepted_marks = pa.table(
+        {
+            "urn": pc.take(h.column("urn"), kept_m_row),
+            "upn": pc.take(upn, kept_m_pupil),
+            "date": kept_m.column("date"),
+            "session": kept_m.column("session"),
+            "code": kept_m.column("code"),
+            **flags,
+            "extract_id": pc.take(h.column("extract_id"), kept_m_row),
+            "generated_at": pc.take(h.column("generated_at"), kept_m_row),
+        }
+    ).cast(ACCEPTED_MARKS_SCHEMA)
 
     rejections = _concat(pupil_faults + [left_warnings] + mark_faults + mark_warnings, REJECTIONS_SCHEMA)
     per_message = _per_message(h, kept_p.column("msg_index"), kept_m.column("msg_index"))
-    return RecordValidation(accepted_pupils, accepted_marks, rejections, per_message, marks_of_rejected_pupils)
+    return RecordValidation(
+        accepted_pupils, accepted_marks, rejections, per_message, marks_of_rejected_pupils
+    )
 
 
-_PUPIL_INPUT = pa.schema([
-    ("msg_index", pa.int32()), ("pupil_position", pa.int32()), ("upn", pa.string()), ("date_of_birth", pa.date32()),
-    ("sex", pa.string()), ("nc_year_group", pa.string()), ("ethnicity", pa.string()), ("fsm_eligible", pa.bool_()),
-    ("sen_provision", pa.string()), ("looked_after", pa.bool_()), ("child_in_need", pa.bool_()),
-    ("child_protection_plan", pa.bool_()), ("admission_date", pa.date32()), ("leaving_date", pa.date32()),
-])
-_MARK_INPUT = pa.schema([
-    ("msg_index", pa.int32()), ("pupil_position", pa.int32()), ("mark_position", pa.int32()),
-    ("date", pa.date32()), ("session", pa.string()), ("code", pa.string()),
-])
-_PUPIL_STORED = tuple(f.name for f in ACCEPTED_PUPILS_SCHEMA if f.name not in ("urn", "extract_id", "generated_at"))
+_PUPIL_INPUT = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("pupil_position", pa.int32()),
+        ("upn", pa.string()),
+        ("date_of_birth", pa.date32()),
+        ("sex", pa.string()),
+        ("nc_year_group", pa.string()),
+        ("ethnicity", pa.string()),
+        ("fsm_eligible", pa.bool_()),
+        ("sen_provision", pa.string()),
+        ("looked_after", pa.bool_()),
+        ("child_in_need", pa.bool_()),
+        ("child_protection_plan", pa.bool_()),
+        ("admission_date", pa.date32()),
+        ("leaving_date", pa.date32()),
+    ]
+)
+_MARK_INPUT = pa.schema(
+    [
+        ("msg_index", pa.int32()),
+        ("pupil_position", pa.int32()),
+        ("mark_position", pa.int32()),
+        ("date", pa.date32()),
+        ("session", pa.string()),
+        ("code", pa.string()),
+    ]
+)
+_PUPIL_STORED = tuple(
+    f.name for f in ACCEPTED_PUPILS_SCHEMA if f.name not in ("urn", "extract_id", "generated_at")
+)
 
 
 def _key_np(msg_index: pa.Array, position: pa.Array) -> np.ndarray:
@@ -538,9 +778,12 @@ def _per_message(h: pa.Table, pupil_msg: pa.Array, mark_msg: pa.Array) -> pa.Tab
     size = int(msg.max()) + 1 if len(msg) else 0
     pupils_per = np.bincount(np.asarray(pupil_msg, dtype=np.int64), minlength=size)
     marks_per = np.bincount(np.asarray(mark_msg, dtype=np.int64), minlength=size)
-    return pa.table({
-        "msg_index": h.column("msg_index"),
-        "extract_id": h.column("extract_id"),
-        "pupils_accepted": pa.array(pupils_per[msg] if size else [], pa.int32()),
-        "marks_accepted": pa.array(marks_per[msg] if size else [], pa.int32()),
-    }, schema=PER_MESSAGE_SCHEMA)
+    return pa.table(
+        {
+            "msg_index": h.column("msg_index"),
+            "extract_id": h.column("extract_id"),
+            "pupils_accepted": pa.array(pupils_per[msg] if size else [], pa.int32()),
+            "marks_accepted": pa.array(marks_per[msg] if size else [], pa.int32()),
+        },
+        schema=PER_MESSAGE_SCHEMA,
+    )

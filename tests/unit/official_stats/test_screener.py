@@ -68,9 +68,7 @@ def result_of(
 
 
 def test_good_files_pass_every_check() -> None:
-    results = screener.screen_frames(
-        good_data(), good_meta(), "attendance_ytd.csv", "attendance_ytd.meta.csv"
-    )
+    results = screener.screen_frames(good_data(), good_meta(), "attendance_ytd.csv", "attendance_ytd.meta.csv")
     assert results.passed, results.failures
     assert results.results[-1].stage == "Check API"
 
@@ -88,17 +86,14 @@ def test_filename_rules(data_name: str, meta_name: str, check: str) -> None:
 
 
 def test_upper_case_filename_is_a_warning() -> None:
-    assert result_of(
-        "check_filename_data_lowercase", data_name="Attendance.csv", meta_name="Attendance.meta.csv"
-    ) == ("WARNING")
+    assert result_of("check_filename_data_lowercase", data_name="Attendance.csv", meta_name="Attendance.meta.csv") == (
+        "WARNING"
+    )
 
 
 def test_meta_required_and_invalid_columns() -> None:
     assert result_of("precheck_col_req_meta", meta=good_meta().drop("label")) == "FAIL"
-    assert (
-        result_of("precheck_col_invalid_meta", meta=good_meta().with_columns(pl.lit("").alias("notes")))
-        == "FAIL"
-    )
+    assert result_of("precheck_col_invalid_meta", meta=good_meta().with_columns(pl.lit("").alias("notes"))) == "FAIL"
     assert result_of("precheck_col_req_data", data=good_data().drop("country_name")) == "FAIL"
 
 
@@ -127,9 +122,7 @@ def test_column_naming_checks() -> None:
     meta = good_meta().with_columns(pl.col("col_name").replace("attendance_perc", "Attendance_perc"))
     assert result_of("check_col_snake_case", data=data, meta=meta) == "WARNING"
     assert result_of("check_col_var_start", data=data, meta=meta) == "WARNING"
-    smushed = good_meta().with_columns(
-        pl.col("col_name").replace("attendance_perc", "female_attendance_perc")
-    )
+    smushed = good_meta().with_columns(pl.col("col_name").replace("attendance_perc", "female_attendance_perc"))
     assert (
         result_of(
             "check_col_ind_smushed",
@@ -151,9 +144,7 @@ def test_meta_type_ob_unit_and_labels() -> None:
     with_ob = pl.concat(
         [
             good_meta(),
-            good_meta()
-            .head(1)
-            .with_columns(pl.lit("la_name").alias("col_name"), pl.lit("LA").alias("label")),
+            good_meta().head(1).with_columns(pl.lit("la_name").alias("col_name"), pl.lit("LA").alias("label")),
         ]
     )
     assert result_of("precheck_meta_ob_unit", meta=with_ob) == "FAIL"
@@ -177,14 +168,8 @@ def test_meta_indicator_and_filter_fields() -> None:
         )
         == "FAIL"
     )
-    assert (
-        result_of("check_meta_indicator_dp", meta=meta.with_columns(pl.lit("1").alias("indicator_dp")))
-        == "FAIL"
-    )
-    assert (
-        result_of("check_meta_ind_unit", meta=meta.with_columns(pl.lit("%").alias("indicator_unit")))
-        == "FAIL"
-    )
+    assert result_of("check_meta_indicator_dp", meta=meta.with_columns(pl.lit("1").alias("indicator_dp"))) == "FAIL"
+    assert result_of("check_meta_ind_unit", meta=meta.with_columns(pl.lit("%").alias("indicator_unit"))) == "FAIL"
     assert (
         result_of(
             "check_meta_ind_unit_validation",
@@ -193,14 +178,12 @@ def test_meta_indicator_and_filter_fields() -> None:
         == "FAIL"
     )
     assert (
-        result_of(
-            "check_meta_ind_dp_values", meta=meta.with_columns(pl.col("indicator_dp").replace("2", "-1"))
-        )
+        result_of("check_meta_ind_dp_values", meta=meta.with_columns(pl.col("indicator_dp").replace("2", "-1")))
         == "FAIL"
     )
-    assert result_of(
-        "check_meta_ind_dp_set", meta=meta.with_columns(pl.col("indicator_dp").replace("2", ""))
-    ) == ("WARNING")
+    assert result_of("check_meta_ind_dp_set", meta=meta.with_columns(pl.col("indicator_dp").replace("2", ""))) == (
+        "WARNING"
+    )
     assert (
         result_of(
             "check_meta_indicator_grouping",
@@ -215,17 +198,13 @@ def test_geography_columns_must_not_be_filters() -> None:
     meta = pl.concat(
         [
             good_meta(),
-            good_meta()
-            .head(1)
-            .with_columns(pl.lit("la_code").alias("col_name"), pl.lit("LA code").alias("label")),
+            good_meta().head(1).with_columns(pl.lit("la_code").alias("col_name"), pl.lit("LA code").alias("label")),
         ]
     )
     assert result_of("check_meta_geog_catch", data=data, meta=meta) == "FAIL"
 
 
-@pytest.mark.parametrize(
-    ("value", "expected"), [("NA", "FAIL"), ("NULL", "FAIL"), ("..", "WARNING"), ("-", "WARNING")]
-)
+@pytest.mark.parametrize(("value", "expected"), [("NA", "FAIL"), ("NULL", "FAIL"), ("..", "WARNING"), ("-", "WARNING")])
 def test_null_and_legacy_symbols(value: str, expected: str) -> None:
     data = good_data().with_columns(pl.Series("attendance_perc", ["93.5", value, "z", "c"]))
     assert result_of("check_general_null", data=data) == expected
@@ -238,9 +217,7 @@ def test_a_filter_needs_two_levels() -> None:
 
 def test_time_identifiers() -> None:
     assert (
-        result_of(
-            "precheck_time_period_num", data=good_data().with_columns(pl.lit("2026/27").alias("time_period"))
-        )
+        result_of("precheck_time_period_num", data=good_data().with_columns(pl.lit("2026/27").alias("time_period")))
         == "FAIL"
     )
     assert (
@@ -254,15 +231,13 @@ def test_time_identifiers() -> None:
     assert result_of("precheck_time_id_mix", data=mixed) == "FAIL"
     weeks = good_data().with_columns(pl.lit("Week 47").alias("time_identifier"))
     assert result_of("check_time_period", data=weeks) == "FAIL"  # weeks need a 4-digit period
-    assert result_of(
-        "check_time_period_six", data=good_data().with_columns(pl.lit("202620").alias("time_period"))
-    ) == ("FAIL")
+    assert result_of("check_time_period_six", data=good_data().with_columns(pl.lit("202620").alias("time_period"))) == (
+        "FAIL"
+    )
 
 
 def test_filter_default_whitespace_and_blanks() -> None:
-    no_total = good_data().with_columns(
-        pl.Series("education_phase", ["Primary", "Secondary", "Primary", "Special"])
-    )
+    no_total = good_data().with_columns(pl.Series("education_phase", ["Primary", "Secondary", "Primary", "Special"]))
     assert result_of("check_filter_defaults", data=no_total) == "WARNING"
     spaced = good_data().with_columns(pl.Series("education_phase", ["Total", "Primary ", "Total", "Total"]))
     assert result_of("check_filter_whitespace", data=spaced) == "FAIL"
@@ -291,16 +266,12 @@ def test_geography_code_name_pairs_against_the_reference_lookups() -> None:
     assert (
         result_of(
             "check_geog_region_combos",
-            data=good_data().with_columns(
-                pl.Series("region_name", ["", "", "East Midlands", "West Midlands"])
-            ),
+            data=good_data().with_columns(pl.Series("region_name", ["", "", "East Midlands", "West Midlands"])),
         )
         == "FAIL"
     )
     assert (
-        result_of(
-            "check_geog_la_combos", data=good_data().with_columns(pl.Series("la_name", ["", "", "", "Derby"]))
-        )
+        result_of("check_geog_la_combos", data=good_data().with_columns(pl.Series("la_name", ["", "", "", "Derby"])))
         == "FAIL"
     )
     # the 2025 Sheffield code and the code DfE's files still use are both accepted

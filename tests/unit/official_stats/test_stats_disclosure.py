@@ -221,9 +221,7 @@ def test_published_symbols_c_z_and_low() -> None:
     disclosed = ees.disclose(rows, rules)
     files = {f.name: f for f in ees.build_files(disclosed, rules)}
     data = files["attendance_daily_weekly"].data
-    national = data.filter(
-        (pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total")
-    )
+    national = data.filter((pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total"))
     assert national["illness_perc"].item() == "low"
     assert national["possible_sessions"].item() == "14"
     assert national["attendance_perc"].item() == "57.14"

@@ -235,9 +235,7 @@ def test_an_opt_out_recomputes_days_from_its_effective_date_and_excludes_the_sch
         {
             "urn": [urn],
             "status": ["opted_out"],
-            "effective_at": pa.array(
-                [dt.datetime(2026, 11, 18, 9, tzinfo=dt.UTC)], pa.timestamp("us", tz="UTC")
-            ),
+            "effective_at": pa.array([dt.datetime(2026, 11, 18, 9, tzinfo=dt.UTC)], pa.timestamp("us", tz="UTC")),
         }
     )
     report = incremental.run_aggregation(str(tmp_path), optouts=optouts)
@@ -272,9 +270,7 @@ def test_change_data_feed_and_log_give_the_same_touched_days(tmp_path: Path) -> 
         assert touched == {DAYS[0], DAYS[3]}, lake.name
 
 
-def test_file_list_diff_is_the_fallback_when_the_log_is_gone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_file_list_diff_is_the_fallback_when_the_log_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     roll = build_lake(tmp_path, DAYS[:3])
     version = DeltaTable(table("attendance_sessions").path(str(tmp_path))).version()
     synthetic.replace_marks(str(tmp_path), amended(roll, DAYS[1]))

@@ -92,9 +92,7 @@ def test_reason_rate_names_are_dfes() -> None:
         (0, 0, False, False),  # no possible sessions: not an enrolment of the period
     ],
 )
-def test_persistent_and_severe_absence_thresholds(
-    possible: int, absence: int, pa10: bool, pa50: bool
-) -> None:
+def test_persistent_and_severe_absence_thresholds(possible: int, absence: int, pa10: bool, pa50: bool) -> None:
     flags = measures.persistent_absence_flags(
         pl.DataFrame({"possible_sessions": [possible], "overall_absence": [absence]})
     ).row(0, named=True)

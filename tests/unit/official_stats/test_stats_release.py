@@ -45,12 +45,8 @@ def gauge(metric) -> float:
 
 
 def test_release_time_is_0930_london_on_weekdays_only() -> None:
-    assert release.release_at(dt.date(2026, 11, 26), CONFIG) == dt.datetime(
-        2026, 11, 26, 9, 30, tzinfo=dt.UTC
-    )
-    assert release.release_at(dt.date(2026, 6, 25), CONFIG) == dt.datetime(
-        2026, 6, 25, 8, 30, tzinfo=dt.UTC
-    )  # BST
+    assert release.release_at(dt.date(2026, 11, 26), CONFIG) == dt.datetime(2026, 11, 26, 9, 30, tzinfo=dt.UTC)
+    assert release.release_at(dt.date(2026, 6, 25), CONFIG) == dt.datetime(2026, 6, 25, 8, 30, tzinfo=dt.UTC)  # BST
     with pytest.raises(release.ReleaseError, match="Saturday"):
         release.release_at(dt.date(2026, 11, 28), CONFIG)
 
@@ -92,9 +88,7 @@ def test_publish_at_release_time_makes_files_public_verified_and_sets_metrics(la
     again = release.publish(lake, RELEASE, AT + dt.timedelta(hours=1), config=CONFIG)
     assert again.messages == ["already published"]
     assert gauge(metrics.LAST_PUBLICATION_TIMESTAMP) == AT.timestamp()
-    assert release.prepare(lake, RELEASE, AT + dt.timedelta(hours=2), config=CONFIG).messages == [
-        "already published"
-    ]
+    assert release.prepare(lake, RELEASE, AT + dt.timedelta(hours=2), config=CONFIG).messages == ["already published"]
 
 
 def test_late_publication_raises_the_late_alert(lake: str) -> None:
@@ -141,9 +135,7 @@ def test_pre_release_access_window_and_audit_log(lake: str) -> None:
             user,
             now,
         )
-    log_lines = [
-        json.loads(line) for line in release.ReleasePaths.for_lake(lake).access_log.read_text().splitlines()
-    ]
+    log_lines = [json.loads(line) for line in release.ReleasePaths.for_lake(lake).access_log.read_text().splitlines()]
     assert [(e["user"], e["allowed"]) for e in log_lines] == [(u, a) for u, _, a in cases]
     assert (
         release.read_access_list(release.ReleasePaths.for_lake(lake).access_list).count(
@@ -184,9 +176,7 @@ def test_scheduler_prepares_then_publishes_on_a_fake_clock(lake: str) -> None:
         slept.append(seconds)
         clock["now"] += dt.timedelta(hours=1)
 
-    scheduler = release.ReleaseScheduler(
-        lake, [RELEASE], clock=lambda: clock["now"], sleep=fake_sleep, config=CONFIG
-    )
+    scheduler = release.ReleaseScheduler(lake, [RELEASE], clock=lambda: clock["now"], sleep=fake_sleep, config=CONFIG)
     asyncio.run(scheduler.run(max_ticks=100))
     statuses = [(e.status, e.messages[0]) for e in scheduler.events]
     assert statuses[0][0] == release.EMBARGOED  # prepared 24 hours ahead

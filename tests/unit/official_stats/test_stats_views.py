@@ -271,10 +271,7 @@ def test_fsm_breakdown_at_national_level() -> None:
     other = row(rows, "National", fsm="Not known to be eligible for FSM")
     assert (other["possible_sessions"], other["overall_absence"], other["enrolments"]) == (6, 4, 3)
     assert (
-        rows.filter(
-            (pl.col("geographic_level") == "Local authority") & (pl.col("fsm_status") != "Total")
-        ).height
-        == 0
+        rows.filter((pl.col("geographic_level") == "Local authority") & (pl.col("fsm_status") != "Total")).height == 0
     )
 
 
@@ -330,8 +327,8 @@ def test_persistent_absence_from_period_totals() -> None:
         }
     )
     rows = views.pa_rows(totals)
-    nat = rows.filter(
-        (pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total")
-    ).row(0, named=True)
+    nat = rows.filter((pl.col("geographic_level") == "National") & (pl.col("education_phase") == "Total")).row(
+        0, named=True
+    )
     # enrolments with a possible session: a, b, c, e (d had none); >=10%: a (exactly 10%), c, e; >=50%: c, e
     assert (nat["pa_enrolments"], nat["enrolments_pa_10_exact"], nat["enrolments_pa_50_exact"]) == (4, 3, 2)

@@ -1,4 +1,4 @@
-"""streams.decode: messages -> typed tables, structural faults named, extras counted, fast path == slow path."""
+"""streams.decode: messages -> typed tables, structural faults named, extras counted, fast == slow path."""
 
 from __future__ import annotations
 
@@ -20,11 +20,22 @@ UPN_B = make_upn(801, 2000, 15, 2)
 
 def pupil(upn: str = UPN_A, **overrides) -> dict:
     record = {
-        "upn": upn, "date_of_birth": "2015-03-04", "sex": "F", "nc_year_group": "6", "ethnicity": "WBRI",
-        "fsm_eligible": False, "sen_provision": "N", "looked_after": False, "child_in_need": None,
-        "child_protection_plan": False, "admission_date": "2019-09-04", "leaving_date": None,
-        "sessions": [{"date": "2026-11-17", "session": "AM", "code": "/"},
-                     {"date": "2026-11-17", "session": "PM", "code": "\\"}],
+        "upn": upn,
+        "date_of_birth": "2015-03-04",
+        "sex": "F",
+        "nc_year_group": "6",
+        "ethnicity": "WBRI",
+        "fsm_eligible": False,
+        "sen_provision": "N",
+        "looked_after": False,
+        "child_in_need": None,
+        "child_protection_plan": False,
+        "admission_date": "2019-09-04",
+        "leaving_date": None,
+        "sessions": [
+            {"date": "2026-11-17", "session": "AM", "code": "/"},
+            {"date": "2026-11-17", "session": "PM", "code": "\\"},
+        ],
     }
     record.update(overrides)
     return record
@@ -32,9 +43,15 @@ def pupil(upn: str = UPN_A, **overrides) -> dict:
 
 def message(pupils: list[dict] | None = None, **overrides) -> dict:
     document = {
-        "schema_version": "1", "extract_id": "3f2b8c1e-9a4d-4c6b-8e2f-1a2b3c4d5e6f", "urn": "100001",
-        "laestab": "8012000", "extract_date": "2026-11-17", "generated_at": "2026-11-17T16:30:00+01:00",
-        "chunk_index": 0, "chunk_count": 1, "pupil_count": 2,
+        "schema_version": "1",
+        "extract_id": "3f2b8c1e-9a4d-4c6b-8e2f-1a2b3c4d5e6f",
+        "urn": "100001",
+        "laestab": "8012000",
+        "extract_date": "2026-11-17",
+        "generated_at": "2026-11-17T16:30:00+01:00",
+        "chunk_index": 0,
+        "chunk_count": 1,
+        "pupil_count": 2,
         "pupils": pupils if pupils is not None else [pupil(UPN_A), pupil(UPN_B, sex="M")],
     }
     document.update(overrides)
@@ -47,8 +64,11 @@ def encode(document) -> bytes:
 
 
 def reasons(table: pa.Table) -> list[tuple]:
-    names = [n for n in ("msg_index", "pupil_position", "mark_position", "reason_code", "field")
-             if n in table.column_names]
+    names = [
+        n
+        for n in ("msg_index", "pupil_position", "mark_position", "reason_code", "field")
+        if n in table.column_names
+    ]
     return sorted(tuple(row[n] for n in names) for row in table.to_pylist())
 
 
@@ -83,7 +103,11 @@ def test_a_valid_message_decodes_into_typed_header_pupil_and_mark_rows():
     assert pupils[0]["marks_in_pupil"] == 2
     marks = batch.marks.to_pylist()
     assert [(m["pupil_position"], m["mark_position"], m["session"], m["code"]) for m in marks] == [
-        (0, 0, "AM", "/"), (0, 1, "PM", "\\"), (1, 0, "AM", "/"), (1, 1, "PM", "\\")]
+        (0, 0, "AM", "/"),
+        (0, 1, "PM", "\\"),
+        (1, 0, "AM", "/"),
+        (1, 1, "PM", "\\"),
+    ]
     assert marks[0]["date"] == dt.date(2026, 11, 17)
     assert batch.headers.schema == decode_module.HEADERS_SCHEMA
     assert batch.pupils.schema == decode_module.PUPILS_SCHEMA
@@ -106,7 +130,7 @@ def test_optional_pupil_fields_may_be_absent():
     assert batch.pupil_rejections.num_rows == 0 and batch.pupils.num_rows == 1
 
 
-# --- message-level faults ------------------------------------------------------------------------------------
+# --- message-level faults -----------------------------------------------------------------------------------
 
 
 def test_bytes_that_are_not_utf8_reject_only_that_message():
@@ -118,8 +142,19 @@ def test_bytes_that_are_not_utf8_reject_only_that_message():
     assert set(batch.pupils.column("msg_index").to_pylist()) == {0, 2}
 
 
-@pytest.mark.parametrize("value", [b"not json", b'{"urn": "100001",', b"", None, b'{"a": 1} {"b": 2}',
-                                   b'{"a": NaN}', b'{"a": 1e999}', b"\xef\xbb\xbf{}"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b'{"urn": "100001",',
+        b"",
+        None,
+        b'{"a": 1} {"b": 2}',
+        b'{"a": NaN}',
+        b'{"a": 1e999}',
+        b"\xef\xbb\xbf{}",
+    ],
+)
 def test_what_is_not_one_json_document_is_rejected_as_not_json(value):
     batch = decode_messages([encode(message()), value])
     assert reasons(batch.message_rejections) == [(1, "MSG_NOT_JSON", "(message)")]
@@ -133,8 +168,20 @@ def test_a_json_value_that_is_not_an_object_breaks_the_contract(value):
     assert "expected a JSON object" in batch.message_rejections.column("detail")[0].as_py()
 
 
-@pytest.mark.parametrize("name", ["schema_version", "extract_id", "urn", "laestab", "extract_date", "generated_at",
-                                  "chunk_index", "chunk_count", "pupil_count"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "schema_version",
+        "extract_id",
+        "urn",
+        "laestab",
+        "extract_date",
+        "generated_at",
+        "chunk_index",
+        "chunk_count",
+        "pupil_count",
+    ],
+)
 def test_a_missing_header_field_rejects_the_message_naming_the_field(name):
     document = message()
     del document[name]
@@ -144,26 +191,29 @@ def test_a_missing_header_field_rejects_the_message_naming_the_field(name):
     assert batch.headers.column("msg_index").to_pylist() == [0]
 
 
-@pytest.mark.parametrize(("name", "value", "fault"), [
-    ("urn", 100001, "expected a string, got number"),
-    ("laestab", None, "missing or null"),
-    ("chunk_index", "0", "expected an integer, got string"),
-    ("chunk_count", 1.0, "expected an integer, got number"),
-    ("pupil_count", True, "expected an integer, got boolean"),
-    ("pupil_count", 10**30, "integer out of range"),
-    ("chunk_index", 2**40, "integer out of range"),
-    ("chunk_count", 0, "must be at least 1"),
-    ("chunk_index", -1, "must be at least 0"),
-    ("urn", "10001", "not 6 digits"),
-    ("laestab", "801200", "not 7 digits"),
-    ("extract_id", "not-a-uuid", "not a UUID"),
-    ("extract_date", "2026-02-30", "not a YYYY-MM-DD date"),
-    ("extract_date", "17/11/2026", "not a YYYY-MM-DD date"),
-    ("generated_at", "2026-11-17T16:30:00", "not an RFC 3339 date-time with a UTC offset"),
-    ("generated_at", "2026-11-17T25:30:00Z", "not an RFC 3339 date-time with a UTC offset"),
-    ("schema_version", "2", "unsupported"),
-    ("schema_version", 1, "expected a string, got number"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "fault"),
+    [
+        ("urn", 100001, "expected a string, got number"),
+        ("laestab", None, "missing or null"),
+        ("chunk_index", "0", "expected an integer, got string"),
+        ("chunk_count", 1.0, "expected an integer, got number"),
+        ("pupil_count", True, "expected an integer, got boolean"),
+        ("pupil_count", 10**30, "integer out of range"),
+        ("chunk_index", 2**40, "integer out of range"),
+        ("chunk_count", 0, "must be at least 1"),
+        ("chunk_index", -1, "must be at least 0"),
+        ("urn", "10001", "not 6 digits"),
+        ("laestab", "801200", "not 7 digits"),
+        ("extract_id", "not-a-uuid", "not a UUID"),
+        ("extract_date", "2026-02-30", "not a YYYY-MM-DD date"),
+        ("extract_date", "17/11/2026", "not a YYYY-MM-DD date"),
+        ("generated_at", "2026-11-17T16:30:00", "not an RFC 3339 date-time with a UTC offset"),
+        ("generated_at", "2026-11-17T25:30:00Z", "not an RFC 3339 date-time with a UTC offset"),
+        ("schema_version", "2", "unsupported"),
+        ("schema_version", 1, "expected a string, got number"),
+    ],
+)
 def test_a_mistyped_or_malformed_header_field_rejects_the_message(name, value, fault):
     batch = decode_messages([encode(message(**{name: value}))])
     rows = batch.message_rejections.to_pylist()
@@ -173,24 +223,38 @@ def test_a_mistyped_or_malformed_header_field_rejects_the_message(name, value, f
 
 
 def test_header_values_are_normalised():
-    batch = decode_messages([encode(message(extract_id="3F2B8C1E-9A4D-4C6B-8E2F-1A2B3C4D5E6F",
-                                            generated_at="2026-11-17T16:30:00.1234567Z"))])
+    batch = decode_messages(
+        [
+            encode(
+                message(
+                    extract_id="3F2B8C1E-9A4D-4C6B-8E2F-1A2B3C4D5E6F",
+                    generated_at="2026-11-17T16:30:00.1234567Z",
+                )
+            )
+        ]
+    )
     [header] = batch.headers.to_pylist()
     assert header["extract_id"] == "3f2b8c1e-9a4d-4c6b-8e2f-1a2b3c4d5e6f"
     assert header["generated_at"] == dt.datetime(2026, 11, 17, 16, 30, 0, 123456, tzinfo=dt.UTC)
 
 
-@pytest.mark.parametrize(("pupils", "field", "detail"), [
-    ("not a list", "pupils", "pupils: missing or not a list"),
-    (None, "pupils", "pupils: missing or not a list"),
-    ([pupil(), 7], "pupils", "pupils.1: expected an object"),
-    ([pupil(), None], "pupils", "pupils.1: expected an object"),
-    ([pupil(sessions="AM /")], "pupils.sessions", "pupils.0.sessions: missing or not a list"),
-    ([pupil(sessions=None)], "pupils.sessions", "pupils.0.sessions: missing or not a list"),
-    ([pupil(sessions=[{"date": "2026-11-17", "session": "AM", "code": "/"}, "PM"])], "pupils.sessions",
-     "pupils.0.sessions.1: expected an object"),
-    ([pupil(sessions=[None])], "pupils.sessions", "pupils.0.sessions.0: expected an object"),
-])
+@pytest.mark.parametrize(
+    ("pupils", "field", "detail"),
+    [
+        ("not a list", "pupils", "pupils: missing or not a list"),
+        (None, "pupils", "pupils: missing or not a list"),
+        ([pupil(), 7], "pupils", "pupils.1: expected an object"),
+        ([pupil(), None], "pupils", "pupils.1: expected an object"),
+        ([pupil(sessions="AM /")], "pupils.sessions", "pupils.0.sessions: missing or not a list"),
+        ([pupil(sessions=None)], "pupils.sessions", "pupils.0.sessions: missing or not a list"),
+        (
+            [pupil(sessions=[{"date": "2026-11-17", "session": "AM", "code": "/"}, "PM"])],
+            "pupils.sessions",
+            "pupils.0.sessions.1: expected an object",
+        ),
+        ([pupil(sessions=[None])], "pupils.sessions", "pupils.0.sessions.0: expected an object"),
+    ],
+)
 def test_pupils_or_sessions_that_are_not_lists_of_objects_reject_the_message(pupils, field, detail):
     document = message(pupils)
     if pupils is None:
@@ -220,26 +284,30 @@ def test_ten_thousand_deep_nested_arrays_are_rejected_quickly_without_crashing(w
     assert {r[0] for r in reasons(batch.message_rejections)} == {1}
 
 
-# --- pupil and mark faults ---------------------------------------------------------------------------------------
+# --- pupil and mark faults ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("overrides", "field", "fault"), [
-    ({"fsm_eligible": "Y"}, "fsm_eligible", "expected a boolean, got string"),
-    ({"upn": 801200005001}, "upn", "expected a string, got number"),
-    ({"date_of_birth": "2015-02-30"}, "date_of_birth", "not a YYYY-MM-DD date"),
-    ({"date_of_birth": 20150304}, "date_of_birth", "expected a string, got number"),
-    ({"admission_date": None}, "admission_date", "missing or null"),
-    ({"leaving_date": "soon"}, "leaving_date", "not a YYYY-MM-DD date"),
-    ({"child_in_need": "no"}, "child_in_need", "expected a boolean, got string"),
-    ({"ethnicity": ["W", "BRI"]}, "ethnicity", "expected a string, got array"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "field", "fault"),
+    [
+        ({"fsm_eligible": "Y"}, "fsm_eligible", "expected a boolean, got string"),
+        ({"upn": 801200005001}, "upn", "expected a string, got number"),
+        ({"date_of_birth": "2015-02-30"}, "date_of_birth", "not a YYYY-MM-DD date"),
+        ({"date_of_birth": 20150304}, "date_of_birth", "expected a string, got number"),
+        ({"admission_date": None}, "admission_date", "missing or null"),
+        ({"leaving_date": "soon"}, "leaving_date", "not a YYYY-MM-DD date"),
+        ({"child_in_need": "no"}, "child_in_need", "expected a boolean, got string"),
+        ({"ethnicity": ["W", "BRI"]}, "ethnicity", "expected a string, got array"),
+    ],
+)
 def test_a_pupil_with_a_missing_or_mistyped_field_is_rejected_alone_with_its_marks(overrides, field, fault):
     document = message([pupil(UPN_A), pupil(**{"upn": UPN_B, **overrides})])
     batch = decode_messages([encode(document)])
     assert batch.message_rejections.num_rows == 0
     rows = batch.pupil_rejections.to_pylist()
     assert [(r["msg_index"], r["pupil_position"], r["reason_code"], r["field"]) for r in rows] == [
-        (0, 1, "PUPIL_CONTRACT", field)]
+        (0, 1, "PUPIL_CONTRACT", field)
+    ]
     assert fault in rows[0]["detail"]
     assert batch.pupils.column("pupil_position").to_pylist() == [0]
     assert set(batch.marks.column("pupil_position").to_pylist()) == {0}
@@ -253,12 +321,15 @@ def test_a_missing_required_pupil_field_is_named():
     assert reasons(batch.pupil_rejections) == [(0, 1, "PUPIL_CONTRACT", "sen_provision")]
 
 
-@pytest.mark.parametrize(("mark", "field"), [
-    ({"date": "2026-11-16", "session": "AM", "code": 5}, "code"),
-    ({"date": "2026-13-16", "session": "AM", "code": "/"}, "date"),
-    ({"date": "2026-11-16", "code": "/"}, "session"),
-    ({"date": "2026-11-16", "session": True, "code": "/"}, "session"),
-])
+@pytest.mark.parametrize(
+    ("mark", "field"),
+    [
+        ({"date": "2026-11-16", "session": "AM", "code": 5}, "code"),
+        ({"date": "2026-13-16", "session": "AM", "code": "/"}, "date"),
+        ({"date": "2026-11-16", "code": "/"}, "session"),
+        ({"date": "2026-11-16", "session": True, "code": "/"}, "session"),
+    ],
+)
 def test_a_mark_with_a_missing_or_mistyped_field_is_rejected_alone(mark, field):
     record = pupil(UPN_B)
     record["sessions"] = [*record["sessions"], mark]
@@ -271,11 +342,17 @@ def test_a_mark_with_a_missing_or_mistyped_field_is_rejected_alone(mark, field):
 
 def test_details_never_quote_a_pupils_value():
     secret_upn, secret_dob = "Z99999999999Q", "1899-12-31x"
-    document = message([pupil(secret_upn, date_of_birth=secret_dob, fsm_eligible="SECRET-FSM"),
-                        pupil(UPN_B, sessions=[{"date": "SECRET-DATE", "session": "AM", "code": "/"}])])
+    document = message(
+        [
+            pupil(secret_upn, date_of_birth=secret_dob, fsm_eligible="SECRET-FSM"),
+            pupil(UPN_B, sessions=[{"date": "SECRET-DATE", "session": "AM", "code": "/"}]),
+        ]
+    )
     batch = decode_messages([encode(document)])
-    details = " ".join(batch.pupil_rejections.column("detail").to_pylist()
-                       + batch.mark_rejections.column("detail").to_pylist())
+    details = " ".join(
+        batch.pupil_rejections.column("detail").to_pylist()
+        + batch.mark_rejections.column("detail").to_pylist()
+    )
     assert batch.pupil_rejections.num_rows == 2 and batch.mark_rejections.num_rows == 1
     for secret in (secret_upn, secret_dob, "SECRET"):
         assert secret not in details
@@ -285,8 +362,12 @@ def test_details_never_quote_a_pupils_value():
 
 
 def with_extras() -> dict:
-    document = message([pupil(UPN_A, forename="Zoë", surname="O'Brien"),
-                        pupil(UPN_B, comments="said: \"late\": bus", address={"line1": "1 High St", "town": None})])
+    document = message(
+        [
+            pupil(UPN_A, forename="Zoë", surname="O'Brien"),
+            pupil(UPN_B, comments='said: "late": bus', address={"line1": "1 High St", "town": None}),
+        ]
+    )
     document["pupils"][0]["sessions"][0]["note"] = "ok"
     document["contractor"] = "Wonde"
     document["nothing"] = None
@@ -305,8 +386,12 @@ def test_fields_outside_the_contract_are_dropped_and_counted():
 
 def test_extras_are_counted_the_same_compact_pretty_and_slow(monkeypatch):
     document = with_extras()
-    texts = [encode(document), json.dumps(document, indent=2).encode(), json.dumps(document).encode(),
-             json.dumps(document, ensure_ascii=True).encode()]
+    texts = [
+        encode(document),
+        json.dumps(document, indent=2).encode(),
+        json.dumps(document).encode(),
+        json.dumps(document, ensure_ascii=True).encode(),
+    ]
     counts = [decode_messages([t]).extra_fields_dropped for t in texts]
     force_slow(monkeypatch)
     counts += [decode_messages([t]).extra_fields_dropped for t in texts]
