@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,15 +54,6 @@ PUPIL_CHARACTERISTICS = tuple(
 )
 
 TopicPartition = tuple[str, int]
-
-import os  # noqa: E402
-
-from deltalake import BloomFilterProperties, ColumnProperties, WriterProperties  # noqa: E402
-
-WRITER_PROPERTIES = WriterProperties(
-    max_row_group_size=int(os.environ.get("RG", "1048576")),
-    column_properties={"urn": ColumnProperties(bloom_filter_properties=BloomFilterProperties(True, 0.01, 2000))},
-) if os.environ.get("BLOOM") else None
 _Offsets = dict[TopicPartition, int]
 
 
@@ -88,6 +80,9 @@ class SinkBatch:
     quarantine: pa.Table | None = None
     optout_audit: pa.Table | None = None
     offsets: Mapping[TopicPartition, int] = field(default_factory=dict)
+    #: Last offset whose message this batch judged, per partition, when beyond ``offsets`` (a worker holding an
+    #: incomplete extract commits behind its first chunk but writes the complete extracts after it).
+    processed_through: Mapping[TopicPartition, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +163,8 @@ class DeltaSink:
         self.backoff_max_s = backoff_max_s
         self._clock = clock or (lambda: datetime.now(UTC))
         self._tables: dict[str, DeltaTable] = {}
+        # The worker calls in from executor threads: one call at a time shares the cached tables.
+        self._lock = threading.RLock()
 
     # --- offsets -------------------------------------------------------------------------------------
 
@@ -177,7 +174,8 @@ class DeltaSink:
     def committed_offset(self, topic: str, partition: int) -> int | None:
         """The last Kafka offset of (topic, partition) durably written, or None if none yet.
         The worker resumes consuming at ``committed_offset + 1``."""
-        return self._table(OFFSETS_TABLE, refresh=True).transaction_version(self.app_id(topic, partition))
+        with self._lock:
+            return self._table(OFFSETS_TABLE, refresh=True).transaction_version(self.app_id(topic, partition))
 
     def _stored_offsets(self, delta: DeltaTable, offsets: Mapping[TopicPartition, int]
                         ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
@@ -197,6 +195,12 @@ class DeltaSink:
     # --- writing -------------------------------------------------------------------------------------
 
     def write_batch(self, batch: SinkBatch) -> CommitResult:
+        """Write one batch exactly once (see the module docstring). Thread-safe; raises
+        ``DeltaCommitError`` when conflicts outlast the retries (nothing of the offsets was committed)."""
+        with self._lock:
+            return self._write_batch(batch)
+
+    def _write_batch(self, batch: SinkBatch) -> CommitResult:
         started = time.perf_counter()
         progress = _Progress()
         offsets_table = self._table(OFFSETS_TABLE, refresh=True)
@@ -265,15 +269,14 @@ class DeltaSink:
                 if known.num_rows:
                     result = (
                         delta.merge(known, _sessions_merge_predicate(known), source_alias="s",
-                                    target_alias="t", writer_properties=WRITER_PROPERTIES)
+                                    target_alias="t")
                         .when_matched_update_all(predicate="s.generated_at > t.generated_at")
                         .when_not_matched_insert_all()
                         .execute()
                     )
                     written += _rows_changed(result)
                 if fresh.num_rows:
-                    write_deltalake(delta, fresh, mode="append", commit_properties=properties,
-                                    writer_properties=WRITER_PROPERTIES)
+                    write_deltalake(delta, fresh, mode="append", commit_properties=properties)
                     written += fresh.num_rows
                     offsets_written = True
             if not offsets_written:

@@ -134,7 +134,8 @@ class BatchProcessor:
         offsets = {tp: min(last, resume[tp] - 1) if tp in resume else last for tp, last in last_offset.items()}
         offsets = {tp: offset for tp, offset in offsets.items() if offset >= 0}  # nothing committable yet
         outcome.sink = SinkBatch(sessions=sink.sessions, pupils=sink.pupils, extracts=sink.extracts,
-                                 quarantine=sink.quarantine, optout_audit=audit, offsets=offsets)
+                                 quarantine=sink.quarantine, optout_audit=audit, offsets=offsets,
+                                 processed_through=last_offset)
         return outcome
 
     def _take(self, extract: PendingExtract, opted_out: frozenset[str], to_decode: list[RawRecord],
