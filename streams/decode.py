@@ -131,9 +131,11 @@ class DecodedBatch:
     """What a batch of messages decoded into. ``msg_index`` is always the position in the input sequence.
 
     ``headers`` has one row per message whose structure is valid (``pupils_in_message``/``marks_in_message``
-    count what it carried, rejected records included). ``pupils`` and ``marks`` hold only records that
-    passed the contract checks, of messages in ``headers``; a pupil in ``pupil_rejections`` contributes no
-    marks.
+    count what it carried, rejected records included), in input order. ``pupils`` and ``marks`` hold only
+    records that passed the contract checks, of messages in ``headers``; a pupil in ``pupil_rejections``
+    contributes no marks. Their rows are grouped by message, in position order within it; the messages
+    decoded on the fast path come first (copying them into input order would cost more than it helps).
+    Rejection tables are sorted by position.
     """
 
     headers: pa.Table
@@ -215,6 +217,8 @@ _JSON_WHITESPACE = b" \t\n\r"
 _BLOCK_BYTES = 1 << 20
 _ROW_HINT = re.compile(r"in row (\d+)")
 _SCAN_SLICE_BYTES = 4 << 20  # bytes of raw messages per numpy pass in _count_keys
+_WHITESPACE = np.zeros(256, dtype=np.bool_)
+_WHITESPACE[[32, 9, 10, 13]] = True
 _VALIDATOR = msgspec.json.Decoder(msgspec.Raw)  # strict JSON, nesting-limited, builds nothing
 
 
@@ -402,9 +406,12 @@ def _decode_slow(msg_index: int, message: bytes, rows: _Rows) -> None:
                           for position, marks in enumerate(sessions) if type(marks) is not list)
             sessions = [marks if type(marks) is list else [] for marks in sessions]
         if not set(map(type, itertools.chain.from_iterable(sessions))) <= {dict}:
-            faults.extend(("pupils.sessions", f"pupils.{position}.sessions.{mark_position}: expected an object")
-                          for position, marks in enumerate(sessions)
-                          for mark_position, mark in enumerate(marks) if type(mark) is not dict)
+            faults.extend(
+                ("pupils.sessions", f"pupils.{position}.sessions.{mark_position}: expected an object")
+                for position, marks in enumerate(sessions)
+                for mark_position, mark in enumerate(marks)
+                if type(mark) is not dict
+            )
     for name, detail in faults:
         rows.reject_message(msg_index, "MSG_CONTRACT", name, detail)
     structure_ok = not any(name.startswith("pupils") for name, _ in faults)
@@ -563,8 +570,6 @@ def _count_keys(buffer: bytes, bounds: np.ndarray) -> _KeyCounts:
     """
     count = len(bounds) - 1
     data = np.frombuffer(buffer, dtype=np.uint8)
-    whitespace = np.zeros(256, dtype=np.bool_)
-    whitespace[[32, 9, 10, 13]] = True
     valued = np.zeros(count, dtype=np.int64)
     nested = np.zeros(count, dtype=np.int64)
     unsure = np.zeros(count, dtype=np.int64)
@@ -580,28 +585,32 @@ def _count_keys(buffer: bytes, bounds: np.ndarray) -> _KeyCounts:
         colons = np.flatnonzero(data[low:high] == 58) + low  # ':'
         before = data[colons - 1]
         keys = colons[before == 34]  # '"' just before: the colon ends a key (a string holds no raw '"')
-        after = data[keys + 1]
-        space_after = after == 32
-        first = after.copy()
-        first[space_after] = data[keys[space_after] + 2]  # the value's first byte, after at most one space
-        unsure_at = np.concatenate(
-            [
-                colons[whitespace[before]],  # whitespace between a key and its colon (or a colon in a string)
-                keys[data[keys - 2] == 92],  # '\\' before the quote: maybe an escaped quote in a string
-                keys[whitespace[first]],  # more whitespace after the colon than one space
-            ]
-        )
-        unsure_at.sort()
-        minus = first == 45  # '-': a number, or -Infinity
-        odd_at = keys[(first == 78) | (first == 73) | (minus & (data[keys + 2 + space_after] == 73))]
+        first = data[keys + 1]  # the value's first byte (after at most one space, below)
+        unsure_parts = [keys[data[keys - 2] == 92]]  # '\\' before the quote: maybe an escaped quote
+        if (before <= 32).any():  # whitespace between a key and its colon (or a colon in a string)
+            unsure_parts.append(colons[_WHITESPACE[before]])
+        space_after = first == 32
+        if space_after.any():
+            first = first.copy()
+            first[space_after] = data[keys[space_after] + 2]
+        if (first <= 32).any():  # more whitespace after the colon than one space
+            unsure_parts.append(keys[_WHITESPACE[first]])
+        unsure_at = np.sort(np.concatenate(unsure_parts)) - low
+        odd_at = keys[(first == 78) | (first == 73)]  # NaN, Infinity
+        minus = np.flatnonzero(first == 45)  # a negative number, or -Infinity
+        if len(minus):
+            after_minus = data[keys[minus] + 2 + space_after[minus]] == 73
+            odd_at = np.sort(np.concatenate([odd_at, keys[minus[after_minus]]]))
         window = slice(first_message, stop_message)
         keys -= low
         valued[window] = np.diff(np.searchsorted(keys, local)) - np.diff(
             np.searchsorted(keys[first == 110], local)
         )  # 'n': the only JSON value starting so is null
         nested[window] = np.diff(np.searchsorted(keys[(first == 91) | (first == 123)], local))  # '[' '{'
-        unsure[window] = np.diff(np.searchsorted(unsure_at - low, local))
-        odd[window] = np.diff(np.searchsorted(odd_at - low, local))
+        if len(unsure_at):
+            unsure[window] = np.diff(np.searchsorted(unsure_at, local))
+        if len(odd_at):
+            odd[window] = np.diff(np.searchsorted(odd_at - low, local))
         first_message = stop_message
     return _KeyCounts(valued_keys=valued, nested_values=nested, unsure=unsure > 0, odd_values=odd > 0)
 
@@ -1032,10 +1041,8 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
     )
     raw_pupils = _concat([p.pupils for p in flat_parts] + rows.pupils, _FLAT_PUPIL)
     raw_marks = _concat([p.marks for p in flat_parts] + rows.marks, _FLAT_MARK)
-    if slow and flat_parts:  # restore input order (stable: positions within a message keep theirs)
+    if slow and flat_parts:  # headers in input order; pupils and marks stay grouped by message (no copy)
         raw_headers = raw_headers.take(pc.sort_indices(raw_headers.column("msg_index")))
-        raw_pupils = raw_pupils.take(pc.sort_indices(raw_pupils.column("msg_index")))
-        raw_marks = raw_marks.take(pc.sort_indices(raw_marks.column("msg_index")))
 
     header_rejections, parsed = _header_value_rejections(raw_headers, rows.type_faults)
     message_rejections = _sorted(
@@ -1073,7 +1080,7 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
     pupil_checks: list[pa.Table | None] = []
     pupil_cols = ("msg_index", "pupil_position")
     for name in PUPIL_TYPES:
-        if name not in PUPIL_OPTIONAL:
+        if name not in PUPIL_OPTIONAL and raw_pupils.column(name).null_count:
             pupil_checks.append(
                 _without(
                     _filtered_rejections(
@@ -1093,6 +1100,8 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
     for name in PUPIL_DATES:
         raw = raw_pupils.column(name)
         pupil_dates[name] = parse_iso_dates(raw)
+        if pupil_dates[name].null_count == raw.null_count:
+            continue
         pupil_checks.append(
             _filtered_rejections(
                 raw_pupils,
@@ -1148,19 +1157,21 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
             mark_cols,
         )
         for name in MARK_TYPES
+        if raw_marks.column(name).null_count
     ]
     mark_dates = parse_iso_dates(raw_marks.column("date"))
-    mark_checks.append(
-        _filtered_rejections(
-            raw_marks,
-            pc.and_(pc.is_valid(raw_marks.column("date")), pc.is_null(mark_dates)),
-            "MARK_CONTRACT",
-            "date",
-            "date: not a YYYY-MM-DD date",
-            mark_cols,
-            MARK_REJECTIONS_SCHEMA,
+    if mark_dates.null_count != raw_marks.column("date").null_count:
+        mark_checks.append(
+            _filtered_rejections(
+                raw_marks,
+                pc.and_(pc.is_valid(raw_marks.column("date")), pc.is_null(mark_dates)),
+                "MARK_CONTRACT",
+                "date",
+                "date: not a YYYY-MM-DD date",
+                mark_cols,
+                MARK_REJECTIONS_SCHEMA,
+            )
         )
-    )
     slow_mark_rejections = pa.Table.from_pylist(rows.mark_rejections, schema=MARK_REJECTIONS_SCHEMA)
     slow_mark_rejections = slow_mark_rejections.filter(
         pc.and_(

@@ -103,19 +103,15 @@ def mark_flags(codes: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
 # --- small column helpers -----------------------------------------------------------------------------------
 
 
-def _conform(table: pa.Table, types: dict[str, pa.DataType]) -> pa.RecordBatch:
-    """The named columns as one batch, cast to the given types (accepts large_string/string_view from
-    Polars, and chunked input)."""
+def _conform(table: pa.Table, types: dict[str, pa.DataType], *, contiguous: bool = False) -> pa.Table:
+    """The named columns, cast to the given types (accepts large_string/string_view from Polars). Big
+    tables keep their chunks (the steps below work on chunked columns, and copying them whole costs); small
+    ones are made ``contiguous``."""
     missing = [name for name in types if name not in table.column_names]
     if missing:
         raise ValueError(f"table lacks column(s) {', '.join(missing)}")
-    return pa.record_batch(
-        [
-            table.column(name).combine_chunks().cast(type_) if table.num_rows else pa.array([], type_)
-            for name, type_ in types.items()
-        ],
-        names=list(types),
-    )
+    out = pa.table({name: table.column(name).cast(type_) for name, type_ in types.items()})
+    return out.combine_chunks() if contiguous else out
 
 
 def _strings(value: str, length: int) -> pa.Array:
@@ -137,15 +133,22 @@ def _rows(
     if hits == 0:
         return None
     nulls = pa.nulls(hits, pa.int32())
+
+    def hit(values: pa.Array | pa.ChunkedArray | None) -> pa.Array:
+        if values is None:
+            return nulls
+        out = pc.filter(values, mask)
+        return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
+
     return pa.table(
         [
-            pc.filter(msg_index, mask),
-            pc.filter(pupil_position, mask) if pupil_position is not None else nulls,
-            pc.filter(mark_position, mask) if mark_position is not None else nulls,
+            hit(msg_index),
+            hit(pupil_position),
+            hit(mark_position),
             _strings(code, hits),
             _strings(RULES[code].severity, hits),
             _strings(field, hits),
-            pc.filter(detail, mask) if isinstance(detail, pa.Array) else _strings(detail, hits),
+            hit(detail) if isinstance(detail, pa.Array | pa.ChunkedArray) else _strings(detail, hits),
         ],
         schema=REJECTIONS_SCHEMA,
     )
@@ -185,8 +188,10 @@ def check_headers(headers: pa.Table, register: pa.Table, today: dt.date, *, max_
             "chunk_index": pa.int32(),
             "chunk_count": pa.int32(),
         },
+        contiguous=True,
     )
-    reg = _conform(register, {"urn": pa.string(), "laestab": pa.string(), "status": pa.string()})
+    reg = _conform(register, {"urn": pa.string(), "laestab": pa.string(), "status": pa.string()},
+                   contiguous=True)
     msg = h.column("msg_index")
     at = pc.index_in(h.column("urn"), value_set=reg.column("urn"))
     known = pc.is_valid(at)
@@ -258,12 +263,12 @@ def check_extract_consistency(headers_of_complete_extracts: pa.Table) -> pa.Tabl
             "pupil_count": pa.int32(),
             "pupils_in_message": pa.int32(),
         },
+        contiguous=True,
     )
     if h.num_rows == 0:
         return MESSAGE_REJECTIONS_SCHEMA.empty_table()
     g = (
-        pa.Table.from_batches([h])
-        .group_by("extract_id")
+        h.group_by("extract_id")
         .aggregate(
             [
                 ("chunk_count", "count_distinct"),
@@ -282,7 +287,7 @@ def check_extract_consistency(headers_of_complete_extracts: pa.Table) -> pa.Tabl
             ]
         )
     )
-    g = pa.record_batch(g.combine_chunks().to_batches()[0]) if g.num_rows else g
+    g = g.combine_chunks().to_batches()[0]  # one batch: plain arrays below
     extract = g.column("extract_id")
     count_consistent = pc.equal(g.column("chunk_count_count_distinct"), 1)
     repeated = pc.not_equal(g.column("chunk_index_count"), g.column("chunk_index_count_distinct"))
@@ -364,7 +369,7 @@ def check_extract_consistency(headers_of_complete_extracts: pa.Table) -> pa.Tabl
     if not per_extract:
         return MESSAGE_REJECTIONS_SCHEMA.empty_table()
     faulty = pa.concat_tables(per_extract)
-    joined = pa.Table.from_batches([h.select(["msg_index", "extract_id"])]).join(
+    joined = h.select(["msg_index", "extract_id"]).join(
         faulty, "extract_id", join_type="inner"
     )
     return _concat(
@@ -419,6 +424,8 @@ def _age_at_31_august(date_of_birth: pa.Array, academic_year: pa.Array) -> pa.Ar
 def _duplicated(group: np.ndarray, value: pa.Array) -> pa.Array:
     """True where (group, value) occurs more than once: values repeated anywhere are found by counting
     dictionary codes, and only those few are then compared with their group."""
+    if isinstance(value, pa.ChunkedArray):
+        value = value.combine_chunks()
     codes = np.asarray(pc.dictionary_encode(value).indices, dtype=np.int64)
     repeated = np.bincount(codes)[codes] > 1
     if not repeated.any():
@@ -447,6 +454,7 @@ def validate_records(
             "extract_date": pa.date32(),
             "generated_at": pa.timestamp("us", tz="UTC"),
         },
+        contiguous=True,
     )
     p = _conform(pupils, {f.name: f.type for f in _PUPIL_INPUT})
     m = _conform(marks, {f.name: f.type for f in _MARK_INPUT})
@@ -461,7 +469,8 @@ def validate_records(
     p_row = pa.array(p_row_np, pa.int64())
     p_msg = p.column("msg_index")
     p_pos = p.column("pupil_position")
-    extract_code = np.asarray(pc.dictionary_encode(h.column("extract_id")).indices, dtype=np.int64)
+    extract_code = np.asarray(pc.dictionary_encode(h.column("extract_id").combine_chunks()).indices,
+                              dtype=np.int64)
     p_extract_date = pc.take(h.column("extract_date"), p_row)
 
     upn = p.column("upn")
@@ -525,9 +534,7 @@ def validate_records(
     window_start = pc.take(
         amendment_window_start(h.column("extract_date"), amendment_window_school_days), m_row
     )
-    # One hash pass over the codes: the handful of distinct codes are looked up, then gathered back.
-    code_dictionary = pc.dictionary_encode(code)
-    code_index = pc.take(pc.index_in(code_dictionary.dictionary, value_set=_CODES), code_dictionary.indices)
+    code_index = pc.index_in(code, value_set=_CODES)
     known_code = pc.is_valid(code_index)
     valid_from = pc.take(_VALID_FROM, code_index)
     valid_to = pc.take(_VALID_TO, code_index)
