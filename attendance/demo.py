@@ -143,12 +143,16 @@ def _summary(settings, opted_out_urn: str, started: float) -> None:
     click.echo(f"dropped for opt-out (school {opted_out_urn}): {count(OPTOUT_AUDIT)} extract(s), count-level audit")
     click.echo(f"Delta lake: {Path(settings.lake_uri).resolve()}")
     click.echo(f"published EES files: {Path('published').resolve()}")
-    click.echo("try:")
-    click.echo('  attendance query --role inspection --purpose "regional trends" '
-               '"SELECT * FROM la_daily LIMIT 5"')
-    click.echo('  attendance query --role local_authority --scope 373 --purpose "support" '
-               '"SELECT urn, COUNT(*) FROM attendance_sessions GROUP BY urn"')
-    click.echo('  attendance query --role public "SELECT * FROM published_files"')
+    a_school = pl.from_arrow(read_table(EXTRACTS, settings.lake_uri, storage_options=options)
+                             .select(["urn"])).filter(pl.col("urn") != opted_out_urn)["urn"].min()
+    click.echo("try (each read is checked against the policy and audited):")
+    click.echo('  attendance query --role inspection --purpose "regional trends" "SELECT geographic_level, '
+               "region_name, la_name, education_phase, overall_absence_perc FROM stats_attendance_views "
+               "WHERE time_frame = 'Year to date' LIMIT 10\"")
+    click.echo('  attendance query --role local_authority --scope 373 --purpose "attendance support" '
+               '"SELECT urn, COUNT(*) AS marks FROM attendance_sessions GROUP BY urn"')
+    click.echo(f'  attendance query --role school --scope {a_school} --purpose "own pupils" '
+               '"SELECT date, code, COUNT(*) AS marks FROM attendance_sessions GROUP BY date, code ORDER BY date"')
     click.echo(f"demo finished in {time.monotonic() - started:.0f}s")
 
 
