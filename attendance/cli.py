@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "access.commands",
     "attendance.ops_commands",
     "attendance.demo",
+    "benchmarks.commands",
 )
 
 

@@ -1,7 +1,15 @@
 """The Delta tables the statistics write, declared through ``storage.tables.register``.
 
-Zones: pupil-level working tables in RESTRICTED, school-level figures in SCHOOL (never published), Local
-authority and above in LA_AND_ABOVE (before disclosure control: the published files are in PUBLISHED).
+Zones:
+
+- RESTRICTED: pupil-level working tables (``stats_pupil_day``, ``stats_pupil_period_totals``) and the run
+  bookkeeping ``stats_aggregation_runs`` (its opt-out fingerprint names schools);
+- SCHOOL: school-level figures (``stats_school_daily``, ``stats_pending_extracts``) and the exact
+  National / Regional / LA figures **before** disclosure control (``stats_attendance_views_unsuppressed``):
+  an LA row built from one school is that school's figures, so it is kept with the school-level data;
+- LA_AND_ABOVE: only disclosure-controlled figures (``stats_attendance_views``): the rows a release would
+  publish, with primary and secondary suppression applied (see :data:`VIEWS` for how the EES symbols are
+  stored). Anyone who can read this zone's storage directly sees no cell the disclosure rules suppress.
 """
 
 from __future__ import annotations
@@ -141,6 +149,47 @@ for _name in VIEW_DIMENSIONS:
     else:
         _VIEW_FIELDS.append(next(f for f in _GEOGRAPHY + _CHARACTERISTICS if f.name == _name))
 
+_VALUE_FIELDS = [
+    *_COUNTS,
+    _f(
+        "enrolments",
+        pa.float64(),
+        "Pupils with a possible session: the day's count, or the mean over days",
+    ),
+    _f(
+        "num_schools",
+        pa.float64(),
+        "Schools with counted data: the day's count, or the mean over days",
+    ),
+    _f("school_submitted_count", pa.int64(), "Distinct schools with counted data in the period"),
+    _f("school_all_count", pa.int64(), "In-scope open schools in the register"),
+    *[_f(c, pa.int64(), "Persistent absence (Term and Year to date rows)") for c in PA_COUNT_COLUMNS],
+    *_RATES,
+    *[_f(name, pa.float64(), f"{num} / pa_enrolments x 100") for name, num in PA_RATE_COLUMNS],
+]
+
+VIEWS_UNSUPPRESSED = register(
+    TableContract(
+        name="stats_attendance_views_unsuppressed",
+        zone=Zone.SCHOOL,
+        schema=pa.schema([*_VIEW_FIELDS, *_VALUE_FIELDS]),
+        partition_by=("time_frame", "period_start"),
+        key=VIEW_DIMENSIONS,
+        purpose="National, Regional and LA attendance by phase (and FSM, SEN, year group at National/Regional) "
+        "for days, weeks, terms and the year to date, BEFORE disclosure control (an LA of one school shows "
+        "that school): the exact figures that incremental aggregation and releases are built from. School "
+        "zone: never published, never served to a role below the school grain.",
+        pupil_level=False,
+    )
+)
+
+#: Columns of :data:`VIEWS` that disclosure control suppresses (null when ``suppressed``). School counts
+#: (``num_schools``, ``school_submitted_count``, ``school_all_count``) are not suppressed: which schools are
+#: open and submitting is public (official_stats.disclosure).
+SUPPRESSIBLE_COLUMNS: tuple[str, ...] = tuple(
+    f.name for f in _VALUE_FIELDS if f.name not in ("num_schools", "school_submitted_count", "school_all_count")
+)
+
 VIEWS = register(
     TableContract(
         name="stats_attendance_views",
@@ -148,29 +197,30 @@ VIEWS = register(
         schema=pa.schema(
             [
                 *_VIEW_FIELDS,
-                *_COUNTS,
+                *_VALUE_FIELDS,
                 _f(
-                    "enrolments",
-                    pa.float64(),
-                    "Pupils with a possible session: the day's count, or the mean over days",
+                    "suppressed",
+                    pa.bool_(),
+                    "Disclosure control: true when this row's counts, enrolments and rates are confidential "
+                    "(EES symbol c; they are stored as null)",
+                    nullable=False,
                 ),
                 _f(
-                    "num_schools",
-                    pa.float64(),
-                    "Schools with counted data: the day's count, or the mean over days",
+                    "suppression_reason",
+                    pa.string(),
+                    "single_school, few_pupils or secondary (protects a suppressed row from subtraction); "
+                    "null when not suppressed",
                 ),
-                _f("school_submitted_count", pa.int64(), "Distinct schools with counted data in the period"),
-                _f("school_all_count", pa.int64(), "In-scope open schools in the register"),
-                *[_f(c, pa.int64(), "Persistent absence (Term and Year to date rows)") for c in PA_COUNT_COLUMNS],
-                *_RATES,
-                *[_f(name, pa.float64(), f"{num} / pa_enrolments x 100") for name, num in PA_RATE_COLUMNS],
+                _f("controlled_at", UTC_TS, "When disclosure control was applied to this academic year"),
             ]
         ),
-        partition_by=("time_frame", "period_start"),
+        partition_by=("academic_year",),
         key=VIEW_DIMENSIONS,
-        purpose="National, Regional and LA attendance by phase (and FSM, SEN, year group at "
-        "National/Regional) for "
-        "days, weeks, terms and the year to date, before disclosure control.",
+        purpose="National, Regional and LA attendance by phase (and FSM, SEN, year group at National/Regional) "
+        "for days, weeks, terms and the year to date, AFTER disclosure control: the rows of a release as of "
+        "the latest aggregated day (ISO week 53 left out, as in releases). A suppressed row keeps its "
+        "dimensions and school counts; its counts, enrolments and rates are null (symbol c). Otherwise a "
+        "null value means not applicable (symbol z). Rewritten per academic year by `attendance aggregate`.",
         pupil_level=False,
     )
 )
@@ -178,7 +228,7 @@ VIEWS = register(
 AGGREGATION_STATE = register(
     TableContract(
         name="stats_aggregation_runs",
-        zone=Zone.LA_AND_ABOVE,
+        zone=Zone.RESTRICTED,
         schema=pa.schema(
             [
                 _f("run_id", pa.string(), "UUID of the run", nullable=False),
@@ -197,7 +247,8 @@ AGGREGATION_STATE = register(
         ),
         partition_by=(),
         key=("run_id",),
-        purpose="One row per aggregation run: the state the next incremental run starts from, and an audit trail.",
+        purpose="One row per aggregation run: the state the next incremental run starts from, and an audit trail "
+        "(restricted: the opt-outs fingerprint names schools; operations only, served to no role).",
         pupil_level=False,
     )
 )
@@ -230,6 +281,7 @@ CONTRACTS: tuple[TableContract, ...] = (
     PUPIL_DAY,
     PUPIL_PERIOD_TOTALS,
     SCHOOL_DAILY,
+    VIEWS_UNSUPPRESSED,
     VIEWS,
     AGGREGATION_STATE,
     PENDING_EXTRACTS,

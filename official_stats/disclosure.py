@@ -7,7 +7,9 @@ Rules (configurable, :class:`DisclosureRules`; written up for statisticians in d
    [S: EES data guidance "Pupil attendance in schools, Week 51 2024" (suppression only where an LA has one
    school); dfe-analytical-services/attendance-data-dashboard code: counts and rates -> "c" when
    ``geographic_level == "Local authority" & num_schools == 1``]. The number of schools of a period is the
-   distinct schools with data in it (``school_submitted_count``).
+   distinct schools with data in it (``school_submitted_count``); a row whose published ``num_schools``
+   (the daily mean, rounded to ``count_dp``) is ``single_school_max`` or fewer is suppressed too, so that no
+   published LA row says "1 school" beside its figures.
 2. **Minimum pupil count**: any row (any level, characteristic breakdowns included) whose pupil count is
    below ``min_pupil_count`` (default 10) is suppressed: ``enrolments`` (a day's pupils, or the mean over a
    period) or, on Term / Year-to-date rows, the persistent-absence denominator ``pa_enrolments``.
@@ -78,9 +80,13 @@ class DisclosureRules:
 
 def primary_suppression(rows: pl.DataFrame, rules: DisclosureRules) -> pl.Series:
     """The reason a row is suppressed on its own (``single_school``, ``few_pupils``) or null."""
-    single = (pl.col("geographic_level") == LOCAL_AUTHORITY) & (
-        pl.col("school_submitted_count") <= rules.single_school_max
-    )
+    schools = pl.col("school_submitted_count") <= rules.single_school_max
+    if "num_schools" in rows.columns:
+        # DfE tests the published num_schools (the mean over a period's days): a week of two schools that
+        # never submitted on the same day shows "1" and is suppressed as a one-school row
+        # [S: attendance-data-dashboard: counts and rates -> "c" when num_schools == 1 at LA level].
+        schools = schools | (pl.col("num_schools").round(rules.count_dp) <= rules.single_school_max).fill_null(False)
+    single = (pl.col("geographic_level") == LOCAL_AUTHORITY) & schools
     few = pl.col("enrolments").fill_null(0) < rules.min_pupil_count
     if "pa_enrolments" in rows.columns:
         few = few | (pl.col("pa_enrolments").is_not_null() & (pl.col("pa_enrolments") < rules.min_pupil_count))

@@ -394,6 +394,28 @@ def disclose(views: pl.DataFrame, rules: DisclosureRules) -> pl.DataFrame:
     return disclosure.apply_disclosure(publishable_rows(views), rules)
 
 
+def controlled_rows(views: pl.DataFrame, rules: DisclosureRules) -> pl.DataFrame:
+    """The rows a release of ``views`` would publish, as typed rows for the LA-and-above zone.
+
+    :func:`disclose` decides what is suppressed; then every suppressible value of a suppressed row
+    (counts, enrolments, persistent absence and rates: ``contracts.SUPPRESSIBLE_COLUMNS``) is replaced by
+    null, so the exact figure is not stored at all. School counts and the dimensions stay. The EES symbol
+    of a cell follows from the row (:func:`build_files` renders them): ``suppressed`` -> ``c``; otherwise
+    null -> ``z``; a positive rate that rounds to zero at ``rate_dp`` -> ``low``.
+    """
+    from official_stats.contracts import SUPPRESSIBLE_COLUMNS
+
+    disclosed = disclose(views, rules)
+    hidden = pl.col("suppressed")
+    return disclosed.with_columns(
+        [
+            pl.when(hidden).then(None).otherwise(pl.col(c)).alias(c)
+            for c in SUPPRESSIBLE_COLUMNS
+            if c in disclosed.columns
+        ]
+    )
+
+
 def _blank_as_null(frame: pl.DataFrame) -> pl.DataFrame:
     """Empty strings written as empty fields (not ``""``)."""
     strings = [c for c, t in frame.schema.items() if t == pl.String]

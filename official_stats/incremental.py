@@ -14,7 +14,8 @@ A run (``attendance aggregate``):
    - processed days on or after the effective date of an opt-out that changed since the last run;
 
 2. recomputes each day from the sessions partition pinned at the version read: pupil days
-   (``stats_pupil_day``), school days (``stats_school_daily``), the day's views (``stats_attendance_views``);
+   (``stats_pupil_day``), school days (``stats_school_daily``), the day's exact views
+   (``stats_attendance_views_unsuppressed``, school zone);
 
 3. brings the running per-enrolment term totals (``stats_pupil_period_totals``) up to date from
    ``stats_pupil_day``'s own Delta log: for each day changed since the version the totals were built from
@@ -24,7 +25,14 @@ A run (``attendance aggregate``):
 
 4. recomputes the Week rows of the touched weeks, the Term rows of the touched terms and the Year-to-date
    rows of the touched academic years from the stored Day rows (sums, and means for enrolments and
-   ``num_schools``) and persistent absence from the running totals.
+   ``num_schools``) and persistent absence from the running totals;
+
+5. applies disclosure control to every touched academic year and rewrites its partition of the
+   LA-and-above table ``stats_attendance_views``: the rows a release as of the latest day would publish
+   (:func:`official_stats.ees.controlled_rows`: primary and secondary suppression over all the year's rows
+   together, suppressed values stored as null). Suppression of one day can depend on any other day of the
+   year (weeks, terms and the year to date are sums of days), so the whole year is redone; the exact
+   figures never leave the school zone.
 
 ``--full`` recomputes every day and rebuilds the running totals; ``--date D`` recomputes one day (and its
 week, term and year) without moving the processed sessions version.
@@ -52,10 +60,11 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from attendance.errors import UserFacingError
-from official_stats import contracts, periods, scope, views
+from official_stats import contracts, ees, periods, scope, views
 from official_stats.config import StatsConfig, get_stats_config
+from official_stats.disclosure import DisclosureRules
 from official_stats.measures import COUNT_COLUMNS
-from storage.tables import TableContract, table
+from storage.tables import TableContract, Zone, table
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +98,10 @@ class AggregationReport:
     excluded_marks: dict[str, int] = field(default_factory=dict)
     pending_extracts: int = 0
     pupil_totals_version: int | None = None
+    #: Academic years whose disclosure-controlled rows (LA-and-above zone) were rewritten.
+    academic_years_controlled: list[int] = field(default_factory=list)
     duration_seconds: float = 0.0
-    #: Wall time per step (find_days, reference, days, pupil_totals, periods, bookkeeping), for tuning.
+    #: Wall time per step (find_days, reference, days, pupil_totals, periods, disclosure, bookkeeping).
     timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -101,6 +112,8 @@ class AggregationReport:
             f"recomputed{': ' if days else ''}"
             f"{days}{more}; {len(self.weeks_recomputed)} week(s); academic years "
             f"{', '.join(periods.academic_year_code(y) for y in self.academic_years_recomputed) or '-'}; "
+            f"disclosure control on "
+            f"{', '.join(periods.academic_year_code(y) for y in self.academic_years_controlled) or '-'}; "
             f"{self.pending_extracts} extract-day(s) pending; {self.duration_seconds:.1f}s"
         )
 
@@ -344,7 +357,9 @@ def recompute_day(
     predicate = f"date = {_sql_date(day)}"
     lake.replace(contracts.PUPIL_DAY, pupil_days, predicate)
     lake.replace(contracts.SCHOOL_DAILY, school_rows, predicate)
-    lake.replace(contracts.VIEWS, day_rows, f"time_frame = '{views.DAY}' AND period_start = {_sql_date(day)}")
+    lake.replace(
+        contracts.VIEWS_UNSUPPRESSED, day_rows, f"time_frame = '{views.DAY}' AND period_start = {_sql_date(day)}"
+    )
     coverage = (
         day_rows.filter(
             (pl.col("geographic_level") == views.LOCAL_AUTHORITY) & (pl.col("education_phase") == views.TOTAL)
@@ -529,7 +544,7 @@ def recompute_periods(
             & (ds.field("period_start") >= pa.scalar(first, pa.date32()))
             & (ds.field("period_start") <= pa.scalar(last, pa.date32()))
         )
-        days = lake.read(contracts.VIEWS, _DAY_COLUMNS, filter=day_filter)
+        days = lake.read(contracts.VIEWS_UNSUPPRESSED, _DAY_COLUMNS, filter=day_filter)
         school_days = lake.read(
             contracts.SCHOOL_DAILY,
             ["date", "urn", "education_phase", *scope.GEOGRAPHY_COLUMNS],
@@ -549,19 +564,130 @@ def recompute_periods(
             )
         for start in week_starts:
             part = rows.filter((pl.col("time_frame") == views.WEEK) & (pl.col("period_start") == start))
-            lake.replace(contracts.VIEWS, part, f"time_frame = '{views.WEEK}' AND period_start = {_sql_date(start)}")
+            lake.replace(
+                contracts.VIEWS_UNSUPPRESSED,
+                part,
+                f"time_frame = '{views.WEEK}' AND period_start = {_sql_date(start)}",
+            )
         weeks_done += week_starts
         for term in sorted({periods.term_of(d) for d in in_year}):
             start = periods.term_bounds(year, term)[0]
             part = rows.filter((pl.col("time_frame") == views.TERM) & (pl.col("period_start") == start))
-            lake.replace(contracts.VIEWS, part, f"time_frame = '{views.TERM}' AND period_start = {_sql_date(start)}")
+            lake.replace(
+                contracts.VIEWS_UNSUPPRESSED,
+                part,
+                f"time_frame = '{views.TERM}' AND period_start = {_sql_date(start)}",
+            )
         part = rows.filter(pl.col("time_frame") == views.YEAR_TO_DATE)
         lake.replace(
-            contracts.VIEWS,
+            contracts.VIEWS_UNSUPPRESSED,
             part,
             f"time_frame = '{views.YEAR_TO_DATE}' AND period_start = {_sql_date(first)}",
         )
     return weeks_done, years
+
+
+# --- disclosure control: the LA-and-above zone ------------------------------------------------------------
+
+
+def rules_from(config: StatsConfig) -> DisclosureRules:
+    return DisclosureRules(config.single_school_max, config.min_pupil_count, config.rate_dp, config.count_dp)
+
+
+def _partition_values(delta: DeltaTable | None, column: str) -> list[object]:
+    if delta is None:
+        return []
+    actions = pa.table(delta.get_add_actions(flatten=True))
+    return actions.column(f"partition.{column}").to_pylist() if actions.num_rows else []
+
+
+def unsuppressed_years(lake: Lake) -> set[int]:
+    """Academic years with Day rows in the exact views (from partition values: no data file is read)."""
+    return {periods.academic_year_start(d) for d in _processed_days(lake)}
+
+
+def controlled_years(lake: Lake) -> set[int]:
+    """Academic years present in the disclosure-controlled table (``YYYYZZ`` partitions)."""
+    return {int(str(code)[:4]) for code in _partition_values(lake.open(contracts.VIEWS), "academic_year") if code}
+
+
+def control_year(lake: Lake, year: int, rules: DisclosureRules, now: dt.datetime) -> int:
+    """Rewrite academic year ``year`` of ``stats_attendance_views`` from the exact views; returns the number
+    of suppressed rows."""
+    code = periods.academic_year_code(year)
+    first, last = periods.academic_year_bounds(year)
+    year_filter = (
+        (ds.field("period_start") >= pa.scalar(first - dt.timedelta(days=6), pa.date32()))
+        & (ds.field("period_start") <= pa.scalar(last, pa.date32()))
+        & (ds.field("academic_year") == code)
+    )
+    exact = lake.read(contracts.VIEWS_UNSUPPRESSED, filter=year_filter)
+    controlled = ees.controlled_rows(exact, rules).with_columns(pl.lit(now).alias("controlled_at"))
+    lake.replace(contracts.VIEWS, controlled, f"academic_year = '{code}'")
+    return int(controlled["suppressed"].sum()) if controlled.height else 0
+
+
+def apply_disclosure_control(
+    lake: Lake, touched_years: Iterable[int], rules: DisclosureRules, now: dt.datetime
+) -> list[int]:
+    """Bring ``stats_attendance_views`` in line with the exact views: every touched academic year and every
+    year the controlled table lacks is (re)controlled; years no longer in the exact views are removed."""
+    exact_years = unsuppressed_years(lake)
+    have = controlled_years(lake)
+    todo = sorted((set(touched_years) | (exact_years - have)) & exact_years)
+    for year in todo:
+        control_year(lake, year, rules, now)
+    for year in sorted(have - exact_years):
+        lake.ensure(contracts.VIEWS).delete(f"academic_year = '{periods.academic_year_code(year)}'")
+    return todo
+
+
+def _legacy_path(lake: Lake, zone: Zone, name: str) -> str:
+    return f"{lake.uri.rstrip('/')}/{zone.value}/{name}"
+
+
+def _remove_table_directory(lake: Lake, uri: str) -> None:
+    from storage.lake import filesystem
+
+    fs, root = filesystem(uri, lake.options)
+    fs.delete_dir(root)
+
+
+def migrate_legacy_layout(lake: Lake) -> list[str]:
+    """Move tables of the layout before disclosure control was stored out of the LA-and-above zone.
+
+    Earlier versions kept the exact views (``stats_attendance_views`` without a ``suppressed`` column) and
+    the run bookkeeping (``stats_aggregation_runs``, whose opt-outs fingerprint names schools) in
+    ``la_aggregates``. Their rows are copied to the new homes (school zone, restricted zone) when those do
+    not exist yet, and the old directories are deleted, files and log, so that nothing before disclosure
+    control stays readable in that zone. Returns what was moved.
+    """
+    moved: list[str] = []
+    old_runs = _legacy_path(lake, Zone.LA_AND_ABOVE, contracts.AGGREGATION_STATE.name)
+    if contracts.AGGREGATION_STATE.zone is not Zone.LA_AND_ABOVE:
+        try:
+            legacy = DeltaTable(old_runs, storage_options=lake.options)
+        except TableNotFoundError:
+            legacy = None
+        if legacy is not None:
+            if lake.open(contracts.AGGREGATION_STATE) is None:
+                rows = pl.from_arrow(legacy.to_pyarrow_table())
+                if rows.height:
+                    lake.append(contracts.AGGREGATION_STATE, rows)  # type: ignore[arg-type]
+            _remove_table_directory(lake, old_runs)
+            moved.append(f"{Zone.LA_AND_ABOVE.value}/{contracts.AGGREGATION_STATE.name}")
+    old_views = lake.open(contracts.VIEWS)
+    if old_views is not None and "suppressed" not in old_views.schema().to_arrow().names:  # type: ignore[union-attr]
+        if lake.open(contracts.VIEWS_UNSUPPRESSED) is None:
+            rows = pl.from_arrow(old_views.to_pyarrow_table())
+            lake.ensure(contracts.VIEWS_UNSUPPRESSED)
+            if rows.height:
+                lake.append(contracts.VIEWS_UNSUPPRESSED, rows)  # type: ignore[arg-type]
+        _remove_table_directory(lake, lake.path(contracts.VIEWS))
+        moved.append(f"{Zone.LA_AND_ABOVE.value}/{contracts.VIEWS.name} (before disclosure control)")
+    for name in moved:
+        log.warning("moved %s out of the LA-and-above zone", name)
+    return moved
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -585,7 +711,7 @@ def _optouts_frame(optouts: pa.Table | pl.DataFrame | None) -> pl.DataFrame | No
 
 
 def _processed_days(lake: Lake) -> set[dt.date]:
-    views_table = lake.open(contracts.VIEWS)
+    views_table = lake.open(contracts.VIEWS_UNSUPPRESSED)
     if views_table is None:
         return set()
     actions = pa.table(views_table.get_add_actions(flatten=True))
@@ -610,6 +736,7 @@ def run_aggregation(
     started = time.monotonic()
     now = now or dt.datetime.now(dt.UTC)
     lake = Lake(lake_uri, storage_options)
+    migrate_legacy_layout(lake)
     for contract in contracts.CONTRACTS:
         lake.ensure(contract)
     sessions = lake.open(table("attendance_sessions"))
@@ -671,6 +798,9 @@ def run_aggregation(
     weeks, years = recompute_periods(lake, dates, ref.schools, all_weeks=full) if dates else ([], [])
     timings["periods"] = time.monotonic() - mark
     mark = time.monotonic()
+    controlled = apply_disclosure_control(lake, years, rules_from(config), now)
+    timings["disclosure"] = time.monotonic() - mark
+    mark = time.monotonic()
 
     # pending = earlier entries for days not recomputed now + what this run held back
     kept = pending.filter(~pl.col("date").is_in(sorted(dates))) if pending.height else pending
@@ -702,6 +832,7 @@ def run_aggregation(
         excluded_marks=excluded,
         pending_extracts=all_pending.height,
         pupil_totals_version=totals_version,
+        academic_years_controlled=controlled,
     )
     timings["bookkeeping"] = time.monotonic() - mark
     report.timings = timings
@@ -741,7 +872,17 @@ def _set_metrics(now: dt.datetime, coverage: tuple[dt.date, pl.DataFrame] | None
 def views_frame(
     lake_uri: str, storage_options: dict[str, str] | None = None, academic_year: str | None = None
 ) -> pl.DataFrame:
-    """Rows of ``stats_attendance_views`` (optionally one academic year, ``YYYYZZ``)."""
+    """Exact rows (``stats_attendance_views_unsuppressed``, before disclosure control; optionally one
+    academic year, ``YYYYZZ``)."""
+    lake = Lake(lake_uri, storage_options)
+    filter = ds.field("academic_year") == academic_year if academic_year else None
+    return lake.read(contracts.VIEWS_UNSUPPRESSED, filter=filter)
+
+
+def controlled_views_frame(
+    lake_uri: str, storage_options: dict[str, str] | None = None, academic_year: str | None = None
+) -> pl.DataFrame:
+    """Disclosure-controlled rows (``stats_attendance_views``, LA-and-above zone)."""
     lake = Lake(lake_uri, storage_options)
     filter = ds.field("academic_year") == academic_year if academic_year else None
     return lake.read(contracts.VIEWS, filter=filter)
@@ -754,5 +895,8 @@ __all__ = [
     "run_aggregation",
     "update_pupil_totals",
     "views_frame",
+    "controlled_views_frame",
+    "apply_disclosure_control",
+    "migrate_legacy_layout",
     "COUNT_COLUMNS",
 ]

@@ -40,7 +40,7 @@ class BuiltRelease:
 
 def latest_day(lake: Lake, before: dt.date) -> dt.date | None:
     """The latest register day with Day view rows strictly before ``before``."""
-    delta = lake.open(contracts.VIEWS)
+    delta = lake.open(contracts.VIEWS_UNSUPPRESSED)
     if delta is None:
         return None
     actions = pa.table(delta.get_add_actions(flatten=True))
@@ -73,7 +73,7 @@ def build_release(
         raise UserFacingError(f"no aggregated attendance before {release_date}: run `attendance aggregate` first")
     year_start = periods.academic_year_start(data_end)
     year = periods.academic_year_code(year_start)
-    rows = lake.read(contracts.VIEWS, filter=ds.field("academic_year") == year)
+    rows = lake.read(contracts.VIEWS_UNSUPPRESSED, filter=ds.field("academic_year") == year)
     days = rows.filter(pl.col("time_frame") == views.DAY)
     pa_available = days["period_start"].max() <= data_end
     if not pa_available:

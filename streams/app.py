@@ -38,6 +38,7 @@ class WorkerState:
 
     next_offset: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to process
     end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # drain targets (run-once mode)
+    topic_end_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # whole topic at start
     assigned: set[tuple[str, int]] = field(default_factory=set)
     batches: int = 0
     last_batch_at: float = field(default_factory=time.monotonic)
@@ -92,7 +93,7 @@ class ExtractWorker:
             broker_commit_interval=3600.0,
             consumer_max_fetch_size=max(settings.max_message_bytes * 4, 4 * 1024 * 1024),
             stream_buffer_maxsize=max(settings.batch_max_messages * 2, 64),
-            broker_session_timeout=60.0,
+            broker_session_timeout=10.0,  # a killed worker's partitions move on within seconds
             broker_heartbeat_interval=3.0,
             broker_max_poll_interval=600.0,
             logging_config=None,
@@ -154,6 +155,13 @@ class ExtractWorker:
             if self.until_drained:
                 highwaters = await self.app.consumer.highwaters(*resume)
                 self.state.end_offsets = {(tp.topic, tp.partition): hw for tp, hw in highwaters.items()}
+        if self.until_drained and not self.state.topic_end_offsets:
+            # The run-once target: every partition of the topic, as it stands when this worker starts.
+            count = self.app.consumer.topic_partitions(self.settings.topic_extracts) or 0
+            tps = [TP(self.settings.topic_extracts, p) for p in range(count)]
+            if tps:
+                ends = await self.app.consumer.highwaters(*tps)
+                self.state.topic_end_offsets = {(tp.topic, tp.partition): hw for tp, hw in ends.items()}
         metrics.WORKER_ASSIGNED_PARTITIONS.set(len(self.state.assigned))
         self.assignment_ready.set()
         self.state.last_batch_at = time.monotonic()
@@ -295,9 +303,21 @@ class ExtractWorker:
                 log.debug("could not check for stalled partitions", exc_info=True)
         if self.until_drained and self.state.assigned and self.state.end_offsets:
             caught_up = all(self.state.next_offset.get(tp, 0) >= end for tp, end in self.state.end_offsets.items())
-            if caught_up and not self._lock.locked():
-                log.info("drained: every assigned partition processed to its end offset")
+            if caught_up and not self._lock.locked() and await self._others_covered():
+                log.info("drained: every partition of the topic processed to its end offset")
                 self.drained.set()
+
+    async def _others_covered(self) -> bool:
+        """Partitions this worker does not hold are done only when Delta's offsets cover them: a member that
+        died still holds its partitions until the group evicts it, and exiting then would leave them unread."""
+        loop = asyncio.get_running_loop()
+        for (topic, partition), end in self.state.topic_end_offsets.items():
+            if (topic, partition) in self.state.assigned or end == 0:
+                continue
+            committed = await loop.run_in_executor(None, self.sink.committed_offset, topic, partition)
+            if committed is None or committed + 1 < end:
+                return False
+        return True
 
 
 def run_worker(settings: Settings, *, until_drained: bool = False, loglevel: str = "warning") -> int:

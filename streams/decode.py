@@ -514,24 +514,19 @@ def _read(block: pa.Buffer, count: int) -> tuple[pa.Table | None, int | None]:
 
 
 def _parse_isolating(
-    buffer: pa.Buffer, bounds: np.ndarray
+    buffer: pa.Buffer, bounds: np.ndarray, start: int, stop: int
 ) -> tuple[list[tuple[int, int, pa.Table]], list[int]]:
-    """Parse in blocks of about ``_BLOCK_BYTES``: parsed (start, stop, table) ranges in order, and the
-    positions of messages that fail on their own. ``buffer`` holds the messages joined by newlines, message
-    i at ``bounds[i]:bounds[i + 1] - 1``; blocks are zero-copy slices of it. A block that fails is split at
-    the row Arrow names (which goes to the slow path) or in halves, so a faulty message costs a re-parse of
-    part of its block only.
-    """
-    count = len(bounds) - 1
+    """Parse messages ``start:stop`` in blocks of about ``_BLOCK_BYTES``: parsed (start, stop, table) ranges
+    in order, and the positions of messages that fail on their own. A block that fails is split at the row
+    Arrow names (which goes to the slow path) or in halves."""
     parts: list[tuple[int, int, pa.Table]] = []
     failed: list[int] = []
-    work: list[tuple[int, int]] = []
-    start = 0
-    while start < count:
-        stop = int(np.searchsorted(bounds, bounds[start] + _BLOCK_BYTES, side="right")) - 1
-        stop = min(max(stop, start + 1), count)
-        work.append((start, stop))
-        start = stop
+    work: list[tuple[int, int]] = []  # half-open ranges of messages, processed in order
+    while start < stop:
+        end = int(np.searchsorted(bounds, bounds[start] + _BLOCK_BYTES, side="right")) - 1
+        end = min(max(end, start + 1), stop)
+        work.append((start, end))
+        start = end
     while work:
         start, stop = work.pop(0)
         if start >= stop:
@@ -615,7 +610,7 @@ def _count_keys(buffer: bytes, bounds: np.ndarray) -> _KeyCounts:
     return _KeyCounts(valued_keys=valued, nested_values=nested, unsure=unsure > 0, odd_values=odd > 0)
 
 
-def _valid_count(array: pa.Array) -> np.ndarray:
+def _valid_count(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.is_valid(array), dtype=np.int64)
 
 
@@ -629,103 +624,94 @@ class _FastFlat:
     contract_nested: np.ndarray  # per parsed message: contract fields whose value is a list
 
 
-def _flatten(table: pa.Table, msg_index: np.ndarray) -> _FastFlat:
-    """Nested parsed messages -> flat raw header, pupil and mark tables (column-wise)."""
-    rows = table.num_rows
-    msg_index_arr = pa.array(msg_index, pa.int32())
-    pupils = table.column("pupils").combine_chunks()
-    pupil_values = pupils.flatten()
-    pupil_parent = np.asarray(pc.list_parent_indices(pupils), dtype=np.int64)
-    pupil_offsets = np.asarray(pupils.offsets, dtype=np.int64)
-    pupil_position = np.arange(len(pupil_values), dtype=np.int64) - (
-        pupil_offsets[pupil_parent] - pupil_offsets[0]
-    )
-    pupil_msg = msg_index[pupil_parent]
+def _positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For lists of these lengths laid end to end: each element's list (parent) and position in it."""
+    total = int(lengths.sum())
+    parent = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    starts = np.cumsum(lengths) - lengths
+    return parent, np.arange(total, dtype=np.int64) - starts[parent]
 
-    sessions = pupil_values.field("sessions")
-    mark_values = sessions.flatten()
-    mark_parent = np.asarray(pc.list_parent_indices(sessions), dtype=np.int64)
-    session_offsets = np.asarray(sessions.offsets, dtype=np.int64)
-    mark_position = np.arange(len(mark_values), dtype=np.int64) - (
-        session_offsets[mark_parent] - session_offsets[0]
-    )
-    marks_in_pupil = np.asarray(pc.fill_null(sessions.value_lengths(), 0), dtype=np.int64)
+
+def _sums(group: np.ndarray, values: np.ndarray, groups: int) -> np.ndarray:
+    return np.bincount(group, weights=values, minlength=groups).astype(np.int64)
+
+
+def _lengths(lists: pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(pc.list_value_length(lists), 0), dtype=np.int64)
+
+
+def _flatten(table: pa.Table, msg_index: np.ndarray) -> _FastFlat:
+    """Nested parsed messages -> flat raw header, pupil and mark tables, column-wise and without copying
+    the values (the columns stay chunked as Arrow's reader produced them)."""
+    rows = table.num_rows
+    pupils = table.column("pupils")
+    pupils_in_message = _lengths(pupils)
+    pupil_values = pc.list_flatten(pupils)
+    pupil_parent, pupil_position = _positions(pupils_in_message)
+    pupil_msg = msg_index[pupil_parent]
+    sessions = pc.struct_field(pupil_values, "sessions")
+    marks_in_pupil = _lengths(sessions)
+    mark_values = pc.list_flatten(sessions)
+    mark_parent, mark_position = _positions(marks_in_pupil)
     marks_in_message = np.bincount(pupil_parent, weights=marks_in_pupil, minlength=rows).astype(np.int64)
-    pupils_in_message = np.asarray(pc.fill_null(pupils.value_lengths(), 0), dtype=np.int64)
 
     # Structure: the nulls Arrow reads where the contract wants a list or an object.
     rejections: list[pa.Table] = []
-    pupils_null = np.asarray(pupils.is_null())
+    pupils_null = np.asarray(pc.is_null(pupils), dtype=np.bool_)
     if pupils_null.any():
         rejections.append(
             _message_rejections(
-                msg_index[pupils_null],
-                "MSG_CONTRACT",
-                "pupils",
+                msg_index[pupils_null], "MSG_CONTRACT", "pupils",
                 ["pupils: missing or not a list"] * int(pupils_null.sum()),
             )
         )
-    pupil_null = np.asarray(pupil_values.is_null())
+    pupil_null = np.asarray(pc.is_null(pupil_values), dtype=np.bool_)
     if pupil_null.any():
         rejections.append(
             _message_rejections(
-                pupil_msg[pupil_null],
-                "MSG_CONTRACT",
-                "pupils",
+                pupil_msg[pupil_null], "MSG_CONTRACT", "pupils",
                 [f"pupils.{p}: expected an object" for p in pupil_position[pupil_null]],
             )
         )
-    sessions_null = np.asarray(sessions.is_null()) & ~pupil_null
+    sessions_null = np.asarray(pc.is_null(sessions), dtype=np.bool_) & ~pupil_null
     if sessions_null.any():
         rejections.append(
             _message_rejections(
-                pupil_msg[sessions_null],
-                "MSG_CONTRACT",
-                "pupils.sessions",
+                pupil_msg[sessions_null], "MSG_CONTRACT", "pupils.sessions",
                 [f"pupils.{p}.sessions: missing or not a list" for p in pupil_position[sessions_null]],
             )
         )
-    mark_null = np.asarray(mark_values.is_null())
+    mark_null = np.asarray(pc.is_null(mark_values), dtype=np.bool_)
     if mark_null.any():
+        pupil_of = mark_parent[mark_null]
         rejections.append(
             _message_rejections(
-                pupil_msg[mark_parent[mark_null]],
-                "MSG_CONTRACT",
-                "pupils.sessions",
+                pupil_msg[pupil_of], "MSG_CONTRACT", "pupils.sessions",
                 [
                     f"pupils.{p}.sessions.{m}: expected an object"
-                    for p, m in zip(
-                        pupil_position[mark_parent[mark_null]], mark_position[mark_null], strict=True
-                    )
+                    for p, m in zip(pupil_position[pupil_of], mark_position[mark_null], strict=True)
                 ],
             )
         )
 
     # Contract fields carrying a value, per message (for the extra-field arithmetic).
-    contract_values = _valid_count(pupils)
-    for name in HEADER_FIELDS:
-        contract_values = contract_values + _valid_count(table.column(name).combine_chunks())
-    pupil_columns = {name: pupil_values.field(name) for name in (*PUPIL_TYPES, "sessions")}
-    mark_columns = {name: mark_values.field(name) for name in MARK_TYPES}
-    per_pupil = sum(_valid_count(pupil_columns[name]) for name in pupil_columns)
-    per_mark = sum(_valid_count(mark_columns[name]) for name in mark_columns)
-    if len(mark_values):
-        per_pupil = per_pupil + np.bincount(
-            mark_parent, weights=per_mark, minlength=len(pupil_values)
-        ).astype(np.int64)
-    if len(pupil_values):
-        contract_values = contract_values + np.bincount(
-            pupil_parent, weights=per_pupil, minlength=rows
-        ).astype(np.int64)
-    contract_nested = _valid_count(pupils) + (
-        np.bincount(pupil_parent, weights=_valid_count(sessions), minlength=rows).astype(np.int64)
-        if len(pupil_values)
-        else 0
-    )
+    pupil_columns = {name: pc.struct_field(pupil_values, name) for name in PUPIL_TYPES}
+    mark_columns = {name: pc.struct_field(mark_values, name) for name in MARK_TYPES}
+    pupils_valid = _valid_count(pupils)
+    sessions_valid = _valid_count(sessions)
+    contract_values = pupils_valid + sum(_valid_count(table.column(name)) for name in HEADER_FIELDS)
+    per_pupil = sessions_valid + sum(_valid_count(column) for column in pupil_columns.values())
+    if len(mark_parent):
+        per_mark = sum(_valid_count(column) for column in mark_columns.values())
+        per_pupil = per_pupil + _sums(mark_parent, per_mark, len(pupil_parent))
+    contract_nested = pupils_valid
+    if len(pupil_parent):
+        contract_values = contract_values + _sums(pupil_parent, per_pupil, rows)
+        contract_nested = contract_nested + _sums(pupil_parent, sessions_valid, rows)
 
     headers = pa.table(
-        [msg_index_arr]
-        + [table.column(name).combine_chunks() for name in HEADER_FIELDS]
+        [pa.array(msg_index, pa.int32())]
+        + [table.column(name) for name in HEADER_FIELDS]
         + [
             pa.array(pupils_in_message, pa.int32()),
             pa.array(marks_in_message, pa.int32()),
@@ -778,12 +764,11 @@ def _filtered_rejections(
     schema: pa.Schema,
 ) -> pa.Table | None:
     mask = pc.fill_null(mask, False)
-    hits = table.filter(mask)
-    if hits.num_rows == 0:
+    n = int(pc.sum(mask).as_py() or 0)
+    if n == 0:
         return None
-    n = hits.num_rows
     return pa.table(
-        [hits.column(c) for c in columns]
+        [pc.filter(table.column(c), mask) for c in columns]
         + [
             pa.array([code] * n, pa.string()),
             pa.array([field_name] * n, pa.string()),
@@ -810,19 +795,19 @@ _TIMESTAMP_SHAPE = (
 _UUID_SHAPE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
-def parse_iso_dates(strings: pa.Array) -> pa.Array:
+def parse_iso_dates(strings: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """YYYY-MM-DD strings -> date32; null where null or not a real calendar date in that exact form.
 
     Arrow's own cast does the common case in one pass; only a column holding some bad value is parsed again
     the lenient way, once per distinct string.
     """
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
     if len(strings) == 0:
         return pa.array([], pa.date32())
     try:  # Arrow's cast is exact (YYYY-MM-DD, real calendar dates) but fails whole on one bad value
         dates = pc.cast(strings, pa.date32())
     except pa.ArrowInvalid:
+        if isinstance(strings, pa.ChunkedArray):
+            strings = strings.combine_chunks()
         # Some value is no date: parse each distinct string leniently, then keep only exact round trips
         # (strptime would take 2023-02-29 for 1 March, and single-digit months).
         encoded = pc.dictionary_encode(strings)
@@ -977,7 +962,7 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
         np.cumsum(
             np.fromiter(map(len, fast_messages), dtype=np.int64, count=len(fast_messages)) + 1, out=bounds[1:]
         )
-        parts, failed = _parse_isolating(pa.py_buffer(buffer), bounds)
+        parts, failed = _parse_isolating(pa.py_buffer(buffer), bounds, 0, len(fast_messages))
         slow.extend((fast_indexes[position], fast_messages[position]) for position in failed)
         if parts:
             positions = np.concatenate([np.arange(start, stop, dtype=np.int64) for start, stop, _ in parts])
@@ -1075,133 +1060,87 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
     headers = _drop(headers, "msg_index", rejected_messages).cast(HEADERS_SCHEMA)
     extra_fields_dropped = int(pc.sum(headers.column("extra_fields_in_message")).as_py() or 0)
 
-    # Pupils: of structurally valid messages only.
-    raw_pupils = _drop(raw_pupils, "msg_index", rejected_messages)
-    pupil_checks: list[pa.Table | None] = []
+    # Pupils and marks: row arithmetic instead of key joins. Both raw tables hold every record of their
+    # messages, grouped by message in the same order, each pupil's marks together in position order.
+    p_msg = np.asarray(raw_pupils.column("msg_index"), dtype=np.int64)
+    marks_in_pupil = np.asarray(raw_pupils.column("marks_in_pupil"), dtype=np.int64)
+    size = int(max(p_msg.max(initial=-1), len(values) - 1)) + 1
+    first_row = np.zeros(size, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], p_msg[1:] != p_msg[:-1]])) if len(p_msg) else p_msg
+    first_row[p_msg[starts]] = starts
+    mark_start = np.cumsum(marks_in_pupil) - marks_in_pupil
+    pupil_of_mark = np.repeat(np.arange(len(p_msg), dtype=np.int64), marks_in_pupil)
+    message_rejected = np.zeros(size, dtype=np.bool_)
+    message_rejected[np.asarray(rejected_messages, dtype=np.int64)] = True
+
     pupil_cols = ("msg_index", "pupil_position")
+    pupil_checks: list[pa.Table | None] = []
     for name in PUPIL_TYPES:
         if name not in PUPIL_OPTIONAL and raw_pupils.column(name).null_count:
-            pupil_checks.append(
-                _without(
-                    _filtered_rejections(
-                        raw_pupils,
-                        pc.is_null(raw_pupils.column(name)),
-                        "PUPIL_CONTRACT",
-                        name,
-                        f"{name}: missing or null",
-                        pupil_cols,
-                        PUPIL_REJECTIONS_SCHEMA,
-                    ),
-                    rows.type_faults.get(("pupil", name)),
-                    pupil_cols,
-                )
-            )
+            pupil_checks.append(_without(
+                _filtered_rejections(raw_pupils, pc.is_null(raw_pupils.column(name)), "PUPIL_CONTRACT", name,
+                                     f"{name}: missing or null", pupil_cols, PUPIL_REJECTIONS_SCHEMA),
+                rows.type_faults.get(("pupil", name)), pupil_cols))
     pupil_dates = {}
     for name in PUPIL_DATES:
         raw = raw_pupils.column(name)
         pupil_dates[name] = parse_iso_dates(raw)
-        if pupil_dates[name].null_count == raw.null_count:
-            continue
-        pupil_checks.append(
-            _filtered_rejections(
-                raw_pupils,
-                pc.and_(pc.is_valid(raw), pc.is_null(pupil_dates[name])),
-                "PUPIL_CONTRACT",
-                name,
-                f"{name}: not a YYYY-MM-DD date",
-                pupil_cols,
-                PUPIL_REJECTIONS_SCHEMA,
-            )
-        )
-    slow_pupil_rejections = pa.Table.from_pylist(rows.pupil_rejections, schema=PUPIL_REJECTIONS_SCHEMA)
-    pupil_rejections = _concat([slow_pupil_rejections] + pupil_checks, PUPIL_REJECTIONS_SCHEMA)
-    pupil_rejections = _drop(pupil_rejections, "msg_index", rejected_messages)
-    pupil_rejections = _sorted(pupil_rejections, pupil_cols)
-    bad_pupil_key = _pupil_key(
-        pupil_rejections.column("msg_index"), pupil_rejections.column("pupil_position")
-    )
-    pupil_key = _pupil_key(raw_pupils.column("msg_index"), raw_pupils.column("pupil_position"))
-    pupils = pa.table(
-        {
-            "msg_index": raw_pupils.column("msg_index"),
-            "pupil_position": raw_pupils.column("pupil_position"),
-            **{
-                name: (pupil_dates[name] if name in PUPIL_DATES else raw_pupils.column(name))
-                for name in PUPIL_TYPES
-            },
-            "marks_in_pupil": raw_pupils.column("marks_in_pupil"),
-        },
-        schema=PUPILS_SCHEMA,
-    )
-    if len(bad_pupil_key):
-        pupils = pupils.filter(pc.invert(pc.is_in(pupil_key, value_set=bad_pupil_key)))
+        if pupil_dates[name].null_count != raw.null_count:
+            pupil_checks.append(_filtered_rejections(
+                raw_pupils, pc.and_(pc.is_valid(raw), pc.is_null(pupil_dates[name])), "PUPIL_CONTRACT", name,
+                f"{name}: not a YYYY-MM-DD date", pupil_cols, PUPIL_REJECTIONS_SCHEMA))
+    pupil_rejections = _concat(
+        [pa.Table.from_pylist(rows.pupil_rejections, schema=PUPIL_REJECTIONS_SCHEMA), *pupil_checks],
+        PUPIL_REJECTIONS_SCHEMA)
+    rejected_at = _rows_of(pupil_rejections, first_row)
+    pupil_rejections = _sorted(pupil_rejections.filter(pa.array(~message_rejected[p_msg[rejected_at]]
+                                                               if len(rejected_at) else [], pa.bool_())),
+                               pupil_cols)
+    pupil_bad = message_rejected[p_msg].copy() if len(p_msg) else np.zeros(0, dtype=np.bool_)
+    pupil_bad[rejected_at] = True
+    pupils = pa.table({
+        "msg_index": raw_pupils.column("msg_index"),
+        "pupil_position": raw_pupils.column("pupil_position"),
+        **{name: pupil_dates.get(name, raw_pupils.column(name)) for name in PUPIL_TYPES},
+        "marks_in_pupil": raw_pupils.column("marks_in_pupil"),
+    }, schema=PUPILS_SCHEMA)
+    if pupil_bad.any():
+        pupils = pupils.filter(pa.array(~pupil_bad))
 
     # Marks: of accepted pupils only (a rejected pupil's marks are dropped with it, unlisted).
-    raw_marks = _drop(raw_marks, "msg_index", rejected_messages)
-    if len(bad_pupil_key):
-        mark_pupil_key = _pupil_key(raw_marks.column("msg_index"), raw_marks.column("pupil_position"))
-        raw_marks = raw_marks.filter(pc.invert(pc.is_in(mark_pupil_key, value_set=bad_pupil_key)))
     mark_cols = ("msg_index", "pupil_position", "mark_position")
     mark_checks: list[pa.Table | None] = [
-        _without(
-            _filtered_rejections(
-                raw_marks,
-                pc.is_null(raw_marks.column(name)),
-                "MARK_CONTRACT",
-                name,
-                f"{name}: missing or null",
-                mark_cols,
-                MARK_REJECTIONS_SCHEMA,
-            ),
-            rows.type_faults.get(("mark", name)),
-            mark_cols,
-        )
-        for name in MARK_TYPES
-        if raw_marks.column(name).null_count
+        _without(_filtered_rejections(raw_marks, pc.is_null(raw_marks.column(name)), "MARK_CONTRACT", name,
+                                      f"{name}: missing or null", mark_cols, MARK_REJECTIONS_SCHEMA),
+                 rows.type_faults.get(("mark", name)), mark_cols)
+        for name in MARK_TYPES if raw_marks.column(name).null_count
     ]
     mark_dates = parse_iso_dates(raw_marks.column("date"))
     if mark_dates.null_count != raw_marks.column("date").null_count:
-        mark_checks.append(
-            _filtered_rejections(
-                raw_marks,
-                pc.and_(pc.is_valid(raw_marks.column("date")), pc.is_null(mark_dates)),
-                "MARK_CONTRACT",
-                "date",
-                "date: not a YYYY-MM-DD date",
-                mark_cols,
-                MARK_REJECTIONS_SCHEMA,
-            )
-        )
-    slow_mark_rejections = pa.Table.from_pylist(rows.mark_rejections, schema=MARK_REJECTIONS_SCHEMA)
-    slow_mark_rejections = slow_mark_rejections.filter(
-        pc.and_(
-            pc.invert(pc.is_in(slow_mark_rejections.column("msg_index"), value_set=rejected_messages)),
-            pc.invert(
-                pc.is_in(
-                    _pupil_key(
-                        slow_mark_rejections.column("msg_index"),
-                        slow_mark_rejections.column("pupil_position"),
-                    ),
-                    value_set=bad_pupil_key,
-                )
-            ),
-        )
-    )
-    mark_rejections = _concat([slow_mark_rejections] + mark_checks, MARK_REJECTIONS_SCHEMA)
-    mark_rejections = _sorted(mark_rejections, mark_cols)
-    marks = pa.table(
-        {
-            "msg_index": raw_marks.column("msg_index"),
-            "pupil_position": raw_marks.column("pupil_position"),
-            "mark_position": raw_marks.column("mark_position"),
-            "date": mark_dates,
-            "session": raw_marks.column("session"),
-            "code": raw_marks.column("code"),
-        },
-        schema=MARKS_SCHEMA,
-    )
-    if mark_rejections.num_rows:
-        marks = marks.filter(pc.invert(pc.is_in(_mark_key(raw_marks), value_set=_mark_key(mark_rejections))))
+        mark_checks.append(_filtered_rejections(
+            raw_marks, pc.and_(pc.is_valid(raw_marks.column("date")), pc.is_null(mark_dates)),
+            "MARK_CONTRACT", "date", "date: not a YYYY-MM-DD date", mark_cols, MARK_REJECTIONS_SCHEMA))
+    mark_rejections = _concat(
+        [pa.Table.from_pylist(rows.mark_rejections, schema=MARK_REJECTIONS_SCHEMA), *mark_checks],
+        MARK_REJECTIONS_SCHEMA)
+    mark_pupil_at = _rows_of(mark_rejections, first_row)
+    mark_at = mark_start[mark_pupil_at] + np.asarray(mark_rejections.column("mark_position"), dtype=np.int64)
+    mark_rejections = _sorted(mark_rejections.filter(pa.array(~pupil_bad[mark_pupil_at]
+                                                             if len(mark_pupil_at) else [], pa.bool_())),
+                              mark_cols)
+    mark_bad = pupil_bad[pupil_of_mark] if len(pupil_of_mark) else np.zeros(0, dtype=np.bool_)
+    mark_bad[mark_at] = True
+    marks = pa.table({
+        "msg_index": raw_marks.column("msg_index"),
+        "pupil_position": raw_marks.column("pupil_position"),
+        "mark_position": raw_marks.column("mark_position"),
+        "date": mark_dates,
+        "session": raw_marks.column("session"),
+        "code": raw_marks.column("code"),
+    }, schema=MARKS_SCHEMA)
+    if mark_bad.any():
+        marks = marks.filter(pa.array(~mark_bad))
+
 
     return DecodedBatch(
         headers=headers,
@@ -1215,11 +1154,6 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None]) -> 
     )
 
 
-def _pupil_key(msg_index: pa.Array | pa.ChunkedArray, position: pa.Array | pa.ChunkedArray) -> pa.Array:
-    """One int64 per (message, pupil position), for set membership."""
-    return pc.add(pc.multiply(pc.cast(msg_index, pa.int64()), 2**31), pc.cast(position, pa.int64()))
-
-
 def _drop(table: pa.Table, column: str, values: pa.Array) -> pa.Table:
     """Rows whose ``column`` is not in ``values`` (no work when there are none)."""
     if len(values) == 0 or table.num_rows == 0:
@@ -1227,18 +1161,10 @@ def _drop(table: pa.Table, column: str, values: pa.Array) -> pa.Table:
     return table.filter(pc.invert(pc.is_in(table.column(column), value_set=values)))
 
 
-def _mark_key(table: pa.Table) -> pa.Array:
-    """One int64 per (message, pupil position, mark position) (positions below 2**20 and 2**23)."""
-    return pc.add(
-        pc.multiply(
-            pc.add(
-                pc.multiply(pc.cast(table.column("msg_index"), pa.int64()), 2**20),
-                pc.cast(table.column("pupil_position"), pa.int64()),
-            ),
-            2**23,
-        ),
-        pc.cast(table.column("mark_position"), pa.int64()),
-    )
+def _rows_of(rejections: pa.Table, first_row: np.ndarray) -> np.ndarray:
+    """Row in the raw pupil table of each rejection's (msg_index, pupil_position)."""
+    msg = np.asarray(rejections.column("msg_index"), dtype=np.int64)
+    return first_row[msg] + np.asarray(rejections.column("pupil_position"), dtype=np.int64)
 
 
 def _sorted(table: pa.Table, keys: tuple[str, ...]) -> pa.Table:

@@ -243,32 +243,38 @@ _ALPHABET_BYTES = np.frombuffer(ALPHABET.encode("ascii"), dtype=np.uint8)
 def upn_is_valid(upns: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Column-wise twin of :func:`schemas.upn.is_valid_upn`: True where valid, False otherwise (null: False).
 
-    The 13-byte values are laid out as one ``fixed_size_binary(13)`` block and read as a matrix of bytes
-    (one row per UPN, one column per character position). Every check is then a whole-column operation:
-    position 1 must be a check letter, 2-12 digits, 13 a digit or letter (never I, O, S); positions 2..13
-    are mapped to their values through a 256-entry lookup, weighted by their position, summed, taken mod 23
-    and looked up in ALPHABET, which must equal position 1.
+    The 13-byte values are read as a matrix of bytes (one row per UPN, one column per character position,
+    straight from the string column's data buffer). Every check is then a whole-column operation: position 1
+    must be a check letter, 2-12 digits, 13 a digit or letter (never I, O, S); positions 2..13 are mapped to
+    their values through a 256-entry lookup, weighted by their position, summed, taken mod 23 and looked up
+    in ALPHABET, which must equal position 1.
     """
-    if isinstance(upns, pa.ChunkedArray):
-        upns = upns.combine_chunks()
-    if not pa.types.is_string(upns.type):
-        upns = upns.cast(pa.string())
+    chunks = upns.chunks if isinstance(upns, pa.ChunkedArray) else [upns]
+    results = [_upn_chunk_is_valid(chunk if pa.types.is_string(chunk.type) else chunk.cast(pa.string()))
+               for chunk in chunks]
+    return pa.concat_arrays(results) if len(results) != 1 else results[0]
+
+
+def _upn_chunk_is_valid(upns: pa.Array) -> pa.Array:
+    n = len(upns)
     thirteen = np.asarray(pc.fill_null(pc.equal(pc.binary_length(upns), 13), False), dtype=np.bool_)
-    result = np.zeros(len(upns), dtype=np.bool_)
-    if thirteen.any():
+    result = np.zeros(n, dtype=np.bool_)
+    if not thirteen.any():
+        return pa.array(result, pa.bool_())
+    if thirteen.all():  # the usual case: the data buffer is the matrix, no copy
+        offsets = np.frombuffer(upns.buffers()[1], dtype=np.int32, count=n + 1, offset=upns.offset * 4)
+        chars = np.frombuffer(upns.buffers()[2], dtype=np.uint8, count=n * 13, offset=int(offsets[0]))
+    else:
         block = upns.filter(pa.array(thirteen)).cast(pa.binary()).cast(pa.binary(13))
-        chars = np.frombuffer(
-            block.buffers()[1], dtype=np.uint8, count=len(block) * 13, offset=block.offset * 13
-        ).reshape(-1, 13)
-        shaped = (
-            _IS_LETTER[chars[:, 0]]
-            & _IS_DIGIT[chars[:, 1:12]].all(axis=1)
-            & (_IS_DIGIT[chars[:, 12]] | _IS_LETTER[chars[:, 12]])
-        )
-        total = np.zeros(len(block), dtype=np.int32)
-        for position in range(1, 13):  # 0-based column p holds character p+1, weight p+1
-            total += _CHAR_VALUE[chars[:, position]] * (position + 1)
-        result[thirteen] = shaped & (_ALPHABET_BYTES[total % 23] == chars[:, 0])
+        chars = np.frombuffer(block.buffers()[1], dtype=np.uint8, count=len(block) * 13,
+                              offset=block.offset * 13)
+    chars = chars.reshape(-1, 13)
+    shaped = (_IS_LETTER[chars[:, 0]] & _IS_DIGIT[chars[:, 1:12]].all(axis=1)
+              & (_IS_DIGIT[chars[:, 12]] | _IS_LETTER[chars[:, 12]]))
+    total = np.zeros(len(chars), dtype=np.int32)
+    for position in range(1, 13):  # 0-based column p holds character p+1, weight p+1
+        total += _CHAR_VALUE[chars[:, position]] * (position + 1)
+    result[thirteen] = shaped & (_ALPHABET_BYTES[total % 23] == chars[:, 0])
     return pa.array(result, pa.bool_())
 
 

@@ -94,6 +94,9 @@ _FLAG_COLUMNS: dict[str, pa.Array] = {
 }
 
 
+assert list(_FLAG_COLUMNS) == ACCEPTED_MARKS_SCHEMA.names[5:11]
+
+
 def mark_flags(codes: pa.Array | pa.ChunkedArray) -> dict[str, pa.Array]:
     """The statistical flags of each register code (null for a code that is not one)."""
     index = pc.index_in(codes, value_set=_CODES)
@@ -646,33 +649,25 @@ def validate_records(
             pc.take(p_pos, pupils_late),
         )
 
-    # What to store.
-    kept_p = p.filter(accepted)
+    # What to store (built straight into the table contracts' schemas: no cast, no copy beyond the filters).
+    kept_p = p.select(["msg_index", *_PUPIL_STORED]).filter(accepted)
     kept_row = p_row.filter(accepted)
-    accepted_pupils = pa.table(
-        {
-            "urn": pc.take(h.column("urn"), kept_row),
-            **{name: kept_p.column(name) for name in _PUPIL_STORED},
-            "extract_id": pc.take(h.column("extract_id"), kept_row),
-            "generated_at": pc.take(h.column("generated_at"), kept_row),
-        }
-    ).cast(ACCEPTED_PUPILS_SCHEMA)
-    kept_m = m.filter(mark_ok)
+    accepted_pupils = pa.Table.from_arrays(
+        [pc.take(h.column("urn"), kept_row), *(kept_p.column(name) for name in _PUPIL_STORED),
+         pc.take(h.column("extract_id"), kept_row), pc.take(h.column("generated_at"), kept_row)],
+        schema=ACCEPTED_PUPILS_SCHEMA,
+    )
+    kept_m = m.select(["msg_index", "date", "session", "code"]).filter(mark_ok)
     kept_m_pupil = m_pupil.filter(mark_ok)
     kept_m_row = m_row.filter(mark_ok)
-    flags = {name: pc.take(column, pc.filter(code_index, mark_ok)) for name, column in _FLAG_COLUMNS.items()}
-    accepted_marks = pa.table(
-        {
-            "urn": pc.take(h.column("urn"), kept_m_row),
-            "upn": pc.take(upn, kept_m_pupil),
-            "date": kept_m.column("date"),
-            "session": kept_m.column("session"),
-            "code": kept_m.column("code"),
-            **flags,
-            "extract_id": pc.take(h.column("extract_id"), kept_m_row),
-            "generated_at": pc.take(h.column("generated_at"), kept_m_row),
-        }
-    ).cast(ACCEPTED_MARKS_SCHEMA)
+    kept_code_index = pc.filter(code_index, mark_ok)
+    accepted_marks = pa.Table.from_arrays(
+        [pc.take(h.column("urn"), kept_m_row), pc.take(upn, kept_m_pupil), kept_m.column("date"),
+         kept_m.column("session"), kept_m.column("code"),
+         *(pc.take(column, kept_code_index) for column in _FLAG_COLUMNS.values()),
+         pc.take(h.column("extract_id"), kept_m_row), pc.take(h.column("generated_at"), kept_m_row)],
+        schema=ACCEPTED_MARKS_SCHEMA,
+    )
 
     rejections = _concat(pupil_faults + [left_warnings] + mark_faults + mark_warnings, REJECTIONS_SCHEMA)
     per_message = _per_message(h, kept_p.column("msg_index"), kept_m.column("msg_index"))

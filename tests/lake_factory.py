@@ -29,3 +29,10 @@ def write_register(lake_uri: str, schools: list[tuple[str, str, str]], status: s
     table = pa.Table.from_pylist(rows, schema=SCHOOLS.schema)
     write_deltalake(SCHOOLS.path(lake_uri), table, mode="overwrite")
     return table
+
+
+def copy_register(from_lake: str, to_lake: str) -> None:
+    """Give a second lake the same school register (for comparing two runs of the pipeline)."""
+    from deltalake import DeltaTable
+
+    write_deltalake(SCHOOLS.path(to_lake), DeltaTable(SCHOOLS.path(from_lake)).to_pyarrow_table(), mode="overwrite")

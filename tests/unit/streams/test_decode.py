@@ -73,8 +73,10 @@ def reasons(table: pa.Table) -> list[tuple]:
 
 
 def force_slow(monkeypatch) -> None:
-    """Make every message take the slow path (Arrow's parse 'fails')."""
-    monkeypatch.setattr(decode_module, "_read", lambda messages, buffer=None: (None, None))
+    """Make every message take the slow path (Arrow's parse 'fails' for each)."""
+    monkeypatch.setattr(
+        decode_module, "_parse_isolating", lambda buffer, bounds, start, stop: ([], list(range(start, stop)))
+    )
 
 
 def in_order(table: pa.Table) -> list[dict]:
@@ -429,6 +431,24 @@ def test_the_fast_and_slow_paths_decode_alike(monkeypatch):
     assert slow.slow_path_messages == len(batch_input)
     assert fast.slow_path_messages < len(batch_input)
     assert_same_batch(fast, slow)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 1 << 20])
+def test_faults_arrow_cannot_place_are_isolated_whatever_the_block_size(monkeypatch, block_bytes):
+    monkeypatch.setattr(decode_module, "_BLOCK_BYTES", block_bytes)
+    messages = [encode(message(urn=f"1000{i:02d}")) for i in range(12)]
+    messages[3] = encode(message(chunk_index=2**70))  # Arrow: "couldn't parse" (no row named)
+    messages[6] = encode(message()) + b" " + encode(message())  # two JSON values: rows do not line up
+    wrong = message()
+    wrong["pupils"][0]["sex"] = 1
+    messages[9] = encode(wrong)  # Arrow names the row
+    batch = decode_messages(messages)
+    assert reasons(batch.message_rejections) == [
+        (3, "MSG_CONTRACT", "chunk_index"), (6, "MSG_NOT_JSON", "(message)")]
+    assert reasons(batch.pupil_rejections) == [(9, 0, "PUPIL_CONTRACT", "sex")]
+    assert batch.headers.column("msg_index").to_pylist() == [0, 1, 2, 4, 5, 7, 8, 9, 10, 11]
+    assert batch.pupils.num_rows == 19
+    assert 3 <= batch.slow_path_messages <= 4  # a misplaced row may send an innocent neighbour the slow way
 
 
 def test_one_mistyped_pupil_does_not_disturb_other_messages_of_the_batch():
