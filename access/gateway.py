@@ -229,16 +229,35 @@ DISCLOSURE_COLUMNS = frozenset(
 _DISCLOSED: dict[tuple[str, int | None], pl.DataFrame] = {}
 
 
+#: The column with which a table records the disclosure control applied when it was written (the
+#: statistics' ``stats_attendance_views``: true = the row's figures are confidential and stored as null).
+STORED_CONTROL_COLUMN = "suppressed"
+
+
 def _disclosure_controlled(frame: pl.LazyFrame, name: str, version: int | None) -> pl.LazyFrame:
     """``frame`` without the rows the statistics' disclosure rules suppress (one school, few pupils, and the
-    secondary suppression that protects them), applied per academic year as a release is. Tables those rules
-    do not fit, or a lake without the statistics package, keep the grant's single-school row filter only.
-    Fails closed: an error applying the rules refuses the query."""
+    secondary suppression that protects them).
+
+    A table that stores its disclosure control (a boolean ``suppressed`` column, written by the statistics
+    package: the LA-and-above zone holds only controlled rows) is served without its suppressed rows (a
+    null flag counts as suppressed); the rules are not re-applied. A table without that column that has the
+    columns the rules need gets them applied per academic year, as a release does; other tables (or a lake
+    without the statistics package) keep the grant's single-school row filter only, which every
+    disclosure-controlled grant applies as well (defence in depth). Fails closed: an error applying the
+    rules refuses the query."""
+    schema = frame.collect_schema()
+    if STORED_CONTROL_COLUMN in schema.names():
+        if schema[STORED_CONTROL_COLUMN] != pl.Boolean:
+            raise AccessRefused(
+                "disclosure-unavailable",
+                f"{name}: its {STORED_CONTROL_COLUMN} column is not a true/false flag, so nothing is shown",
+            )
+        return frame.filter(~pl.col(STORED_CONTROL_COLUMN).fill_null(True))
     try:
         from official_stats.disclosure import DisclosureRules, apply_disclosure
     except ImportError:
         return frame
-    if not set(frame.collect_schema().names()) >= DISCLOSURE_COLUMNS:
+    if not set(schema.names()) >= DISCLOSURE_COLUMNS:
         return frame
     key = (name, version)
     if version is None or key not in _DISCLOSED:

@@ -99,13 +99,13 @@ def demo_command(schools: int, days: int, data_dir: Path, keep_broker: bool) -> 
             ("worker", ["worker", "--until-drained"]),
             ("quarantine", ["quarantine", "report"]),
             ("aggregate", ["aggregate", "--full"]),
-            ("publish", ["publish", "--release", end.isoformat(), "--out", "published", "--now"]),
+            ("publish", ["publish", "--release", end.isoformat(), "--out", str(data_dir / "published"), "--now"]),
             ("optouts", ["optouts", "list"]),
         ]:
             done = _run(step, args, env)
             if done.returncode != 0:
                 failures.append(step)
-        _summary(settings, first_urn, started)
+        _summary(settings, first_urn, started, data_dir / "published")
     finally:
         if started_broker and not keep_broker:
             broker.stop(settings)
@@ -120,7 +120,7 @@ def _an_urn(folder: Path) -> str:
     return names[len(names) // 2]
 
 
-def _summary(settings, opted_out_urn: str, started: float) -> None:
+def _summary(settings, opted_out_urn: str, started: float, published: Path) -> None:
     import polars as pl
 
     from storage.lake import read_table, storage_options
@@ -142,7 +142,7 @@ def _summary(settings, opted_out_urn: str, started: float) -> None:
     click.echo(f"quarantined: {count(QUARANTINE):,} items (attendance quarantine report)")
     click.echo(f"dropped for opt-out (school {opted_out_urn}): {count(OPTOUT_AUDIT)} extract(s), count-level audit")
     click.echo(f"Delta lake: {Path(settings.lake_uri).resolve()}")
-    click.echo(f"published EES files: {Path('published').resolve()}")
+    click.echo(f"published EES files: {published.resolve()}")
     a_school = pl.from_arrow(read_table(EXTRACTS, settings.lake_uri, storage_options=options)
                              .select(["urn"])).filter(pl.col("urn") != opted_out_urn)["urn"].min()
     click.echo("try (each read is checked against the policy and audited):")

@@ -19,14 +19,14 @@ busy (or stuck: that is what ``/healthz`` is for)::
 
 Run-once commands (aggregate, publish, ``dq report``) have no server to be scraped: they call
 ``export_run_once_metrics(job)``, which writes a node-exporter textfile and/or pushes to a Pushgateway when
-``ATTENDANCE_METRICS_TEXTFILE`` / ``ATTENDANCE_PUSHGATEWAY_URL`` are set (see ``run_once_outputs``).
+the settings ``metrics_textfile`` / ``pushgateway_url`` (``ATTENDANCE_METRICS_TEXTFILE`` /
+``ATTENDANCE_PUSHGATEWAY_URL``) are set (see ``run_once_outputs``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,6 +40,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from attendance.metrics import PROCESS_HEARTBEAT_TIMESTAMP, REGISTRY
+from attendance.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -215,17 +216,18 @@ class RunOnceOutputs:
     pushgateway_url: str | None
 
 
-def run_once_outputs(environ: dict[str, str] | None = None) -> RunOnceOutputs:
-    """Where a run-once command exports its metrics: ``ATTENDANCE_METRICS_TEXTFILE`` (a node-exporter
-    textfile-collector path) and ``ATTENDANCE_PUSHGATEWAY_URL`` (e.g. http://pushgateway:9091).
+def run_once_outputs(settings: Settings | None = None) -> RunOnceOutputs:
+    """Where a run-once command exports its metrics: ``settings.metrics_textfile`` (a node-exporter
+    textfile-collector path, ``ATTENDANCE_METRICS_TEXTFILE``) and ``settings.pushgateway_url`` (e.g.
+    http://pushgateway:9091, ``ATTENDANCE_PUSHGATEWAY_URL``); the process's settings by default.
 
-    Read from the environment here until they become fields of ``attendance.settings.Settings``
-    (``metrics_textfile: Path | None``, ``pushgateway_url: str | None``).
+    A variable set to the empty string counts as unset (pydantic would read it as the path ``.``).
     """
-    env = os.environ if environ is None else environ
-    textfile = env.get("ATTENDANCE_METRICS_TEXTFILE") or None
-    url = env.get("ATTENDANCE_PUSHGATEWAY_URL") or None
-    return RunOnceOutputs(Path(textfile) if textfile else None, url)
+    settings = settings if settings is not None else get_settings()
+    textfile = settings.metrics_textfile
+    if textfile is not None and str(textfile) in ("", "."):
+        textfile = None
+    return RunOnceOutputs(textfile, settings.pushgateway_url or None)
 
 
 class _OnlyPrefixes(Collector):

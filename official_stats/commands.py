@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import click
 import pyarrow as pa
@@ -20,6 +27,10 @@ AGGREGATE_METRICS = (
     "attendance_schools_expected",
 )
 RELEASE_METRICS = ("attendance_release_status", "attendance_last_successful_publication")
+SCHEDULER_METRICS = (*RELEASE_METRICS, "attendance_release_scheduled", "attendance_last_successful_aggregation",
+                     "attendance_optout_purges_pending", "attendance_dq_")
+
+log = logging.getLogger(__name__)
 
 
 def _export_metrics(job: str, prefixes: tuple[str, ...]) -> None:
@@ -167,8 +178,152 @@ def release_now(release_date: str) -> None:
         raise UserFacingError("the release is incomplete (see alerts.jsonl in the published zone)")
 
 
+# --- the scheduler's operational jobs (besides releases) ----------------------------------------------------
+
+
+def dq_report_due(now: dt.datetime, at: dt.time, last_day: dt.date | None, timezone: str = "Europe/London"
+                  ) -> dt.date | None:
+    """The UK date whose data-quality report is due at ``now`` (once a day, from ``at`` UK time), or None."""
+    local = now.astimezone(ZoneInfo(timezone))
+    if local.time() < at or local.date() == last_day:
+        return None
+    return local.date()
+
+
+def purges_to_verify(states: Mapping[str, Any], now: dt.datetime, verified: Mapping[str, dt.datetime]
+                     ) -> dict[str, dt.datetime]:
+    """Schools whose opt-out asked for a purge (in force at ``now``) and whose destruction has not been
+    verified for that opt-out yet: URN -> the opt-out's effective time."""
+    from streams.optouts import is_opted_out
+
+    return {urn: state.effective_at for urn, state in states.items()
+            if state.purge and is_opted_out(state, now) and verified.get(urn) != state.effective_at}
+
+
+@dataclass
+class SchedulerOps:
+    """What the scheduler does for operations on every tick, each job cheap unless due:
+
+    - the daily data-quality report (``dq.report.run_report``) for the UK date, from ``dq_at`` UK time;
+    - ``attendance_optout_purges_pending``: opt-outs with ``purge`` whose school is not verified destroyed
+      (``storage.destruction.verify_destroyed``). Verification reads every Parquet file of every pupil-level
+      table, so it runs at most every ``purge_check_every_s`` per pending school, and a school verified
+      destroyed for its opt-out is not checked again.
+
+    ``load_last_times`` sets the last aggregation and publication times from the lake at start-up. With
+    ``background`` (the service), the due jobs run in a thread, one run at a time, so a long report or
+    verification delays neither a 09:30 publication nor the heartbeat.
+    """
+
+    lake_uri: str
+    dq_at: dt.time | None = dt.time(12, 0)
+    purge_check_every_s: float = 900.0
+    read_optout_states: Callable[[], Mapping[str, Any]] | None = None  # None: purges not checked
+    clock: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC))
+    run_report: Callable[[str, dt.date], Any] | None = None  # default dq.report.run_report
+    verify: Callable[[str], bool] | None = None  # default: storage.destruction.verify_destroyed(...).destroyed
+    dq_retry_s: float = 600.0
+    background: bool = False
+    last_dq_day: dt.date | None = None
+    verified: dict[str, dt.datetime] = field(default_factory=dict)
+    _last_purge_check: float = field(default=float("-inf"), init=False)
+    _last_dq_failure: float = field(default=float("-inf"), init=False)
+    _job: threading.Thread | None = field(default=None, init=False)
+
+    def load_last_times(self) -> None:
+        from attendance import metrics
+        from official_stats import release as rel
+        from official_stats.incremental import Lake, last_run
+
+        try:
+            run = last_run(Lake(self.lake_uri))
+            if run is not None:
+                metrics.LAST_AGGREGATION_TIMESTAMP.set(run["run_at"].timestamp())
+        except Exception as exc:  # noqa: BLE001 - a gauge left at 0 must not stop the scheduler
+            log.warning("could not read the last aggregation time: %s", exc)
+        try:
+            published = rel.last_publication_time(self.lake_uri)
+            if published is not None:
+                metrics.LAST_PUBLICATION_TIMESTAMP.set(published.timestamp())
+        except UserFacingError as exc:  # a lake the release code cannot use (not local)
+            log.warning("could not read the last publication time: %s", exc)
+
+    def tick(self) -> None:
+        if self._job is not None and self._job.is_alive():
+            return  # the previous run is still going
+        if not self.background:
+            self.run_due(self.clock())
+            return
+        self._job = threading.Thread(target=self.run_due, args=(self.clock(),), name="scheduler-ops", daemon=True)
+        self._job.start()
+
+    def run_due(self, now: dt.datetime) -> None:
+        self.daily_dq_report(now)
+        self.check_purges(now)
+
+    def daily_dq_report(self, now: dt.datetime) -> None:
+        day = dq_report_due(now, self.dq_at, self.last_dq_day) if self.dq_at is not None else None
+        if day is None or time.monotonic() - self._last_dq_failure < self.dq_retry_s:
+            return
+        run_report = self.run_report
+        if run_report is None:
+            from dq.report import run_report
+        try:
+            run_report(self.lake_uri, day)
+        except Exception as exc:  # noqa: BLE001 - logged and retried later; the releases go on
+            self._last_dq_failure = time.monotonic()
+            log.error("data-quality report for %s failed (retrying in %.0f s): %s", day, self.dq_retry_s, exc)
+            return
+        self.last_dq_day = day
+        log.info("data-quality report for %s done", day)
+
+    def check_purges(self, now: dt.datetime) -> None:
+        from attendance import metrics
+
+        if self.read_optout_states is None or time.monotonic() - self._last_purge_check < self.purge_check_every_s:
+            return
+        self._last_purge_check = time.monotonic()
+        try:
+            due = purges_to_verify(self.read_optout_states(), now, self.verified)
+            pending = 0
+            for urn, since in due.items():
+                if self._destroyed(urn):
+                    self.verified[urn] = since
+                else:
+                    pending += 1
+        except Exception as exc:  # noqa: BLE001 - keep the last value; try again next interval
+            log.warning("could not check opt-out purges: %s", exc)
+            return
+        metrics.OPTOUT_PURGES_PENDING.set(pending)
+
+    def _destroyed(self, urn: str) -> bool:
+        if self.verify is not None:
+            return self.verify(urn)
+        from storage.destruction import verify_destroyed
+        from storage.lake import storage_options
+
+        return verify_destroyed(urn, self.lake_uri, storage_options(lake_uri=self.lake_uri)).destroyed
+
+
+def _kafka_optout_states() -> Mapping[str, Any]:
+    from attendance.broker import bootstrap_servers
+    from streams.optouts import read_optouts
+
+    settings = get_settings()
+    return read_optouts(bootstrap_servers(settings), settings.topic_optouts)
+
+
+def _time_of_day(value: str | None, name: str) -> dt.time | None:
+    if value is None or value == "off":
+        return None
+    try:
+        return dt.time.fromisoformat(value)
+    except ValueError:
+        raise UserFacingError(f"{name} must be a time as HH:MM (UK) or 'off', not {value!r}") from None
+
+
 @click.command("scheduler")
-@click.option("--release", "releases", multiple=True, required=True, help="A release date (repeatable).")
+@click.option("--release", "releases", multiple=True, help="A release date (repeatable); none: only the daily jobs.")
 @click.option("--once", is_flag=True, help="Run one pass and exit.")
 @click.option(
     "--aggregate/--no-aggregate",
@@ -178,12 +333,18 @@ def release_now(release_date: str) -> None:
     help="Run an incremental aggregation before preparing a release.",
 )
 @click.option("--optouts", default="kafka", show_default=True, help=_OPTOUTS_HELP)
-def scheduler(releases: tuple[str, ...], once: bool, aggregate_first: bool, optouts: str) -> None:
-    """Prepare releases under embargo and publish them at 09:30 (Europe/London)."""
+@click.option("--dq-at", default="12:00", show_default=True,
+              help="UK time of the daily data-quality report (for that day), or 'off'.")
+def scheduler(releases: tuple[str, ...], once: bool, aggregate_first: bool, optouts: str, dq_at: str) -> None:
+    """Prepare releases under embargo and publish them at 09:30 (Europe/London); run the daily data-quality
+    report; export release, aggregation, publication and opt-out purge metrics."""
     from official_stats import release as rel
     from official_stats.incremental import run_aggregation
 
     lake_uri = get_settings().lake_uri
+    ops = SchedulerOps(lake_uri, dq_at=_time_of_day(dq_at, "--dq-at"), background=not once,
+                       read_optout_states=_kafka_optout_states if optouts == "kafka" else None)
+    ops.load_last_times()
 
     def before_prepare() -> None:
         if aggregate_first:
@@ -197,13 +358,14 @@ def scheduler(releases: tuple[str, ...], once: bool, aggregate_first: bool, opto
         readiness = Readiness(needs_partitions=False, heartbeat_timeout_s=4 * get_stats_config().scheduler_tick_seconds)
         server, heartbeat = start_http_server(settings.metrics_port, readiness), readiness.heartbeat
     loop = rel.ReleaseScheduler(
-        lake_uri, [_date(r, "--release") for r in releases], before_prepare=before_prepare, on_tick=heartbeat
+        lake_uri, [_date(r, "--release") for r in releases], before_prepare=before_prepare, on_tick=heartbeat,
+        after_tick=ops.tick, keep_running=not once,
     )
     try:
         if once:
             for outcome in loop.tick():
                 click.echo(f"{outcome.release}: status {outcome.status}: {'; '.join(outcome.messages)}")
-            _export_metrics("attendance_scheduler", RELEASE_METRICS)
+            _export_metrics("attendance_scheduler", SCHEDULER_METRICS)
             return
         asyncio.run(loop.run())
     finally:

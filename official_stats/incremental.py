@@ -157,7 +157,16 @@ class Lake:
         if delta is None:
             empty = contract.schema.empty_table()
             return pl.from_arrow(empty.select(columns) if columns else empty)  # type: ignore[return-value]
-        return pl.from_arrow(delta.to_pyarrow_dataset().to_table(columns=columns, filter=filter))  # type: ignore[return-value]
+        dataset = delta.to_pyarrow_dataset()
+        try:
+            return pl.from_arrow(dataset.to_table(columns=columns, filter=filter))  # type: ignore[return-value]
+        except (pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            # Files rewritten by a delta-rs MERGE store strings as string_view, which pyarrow cannot compare
+            # with a string literal while pruning (storage.lake.read_table): filter after reading instead.
+            # Filters on string columns are written as ``ds.field(c).cast(pa.string())`` to avoid this.
+            log.info("%s: filter applied after reading (string_view files)", contract.name)
+            read = dataset.to_table(filter=None).filter(filter)
+            return pl.from_arrow(read.select(columns) if columns else read)  # type: ignore[return-value]
 
     def replace(
         self,
@@ -318,7 +327,7 @@ def _extracts_for(lake: Lake, extract_ids: pl.Series, earliest: dt.date | None =
     ids = extract_ids.unique().drop_nulls().to_list()
     if not ids:
         return pl.DataFrame(schema={"extract_id": pl.String, "status": pl.String})
-    predicate = ds.field("extract_id").isin(ids)
+    predicate = ds.field("extract_id").cast(pa.string()).isin(ids)  # cast: string_view files (see Lake.read)
     if earliest is not None:
         predicate = (ds.field("extract_date") >= pa.scalar(earliest, pa.date32())) & predicate
     return lake.read(table("extracts"), ["extract_id", "status"], predicate)

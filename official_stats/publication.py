@@ -5,6 +5,12 @@ the release date. Every file holds the year so far (DfE recalculates history eac
 amended). If the aggregate tables already hold days after that last day (aggregated on the release
 morning), the Week, Term and Year-to-date session figures are recomputed from the Day rows up to it, and
 persistent absence (which needs the per-pupil totals as of that day) is published as ``x`` (unavailable).
+
+A release is built from the exact figures (``stats_attendance_views_unsuppressed``, school zone: the
+publisher is a privileged process) with the same disclosure control (:func:`official_stats.ees.disclose`)
+that ``attendance aggregate`` stores in the LA-and-above zone (``stats_attendance_views``): when the release's
+last day is the latest aggregated day (the normal case), the release suppresses exactly the rows that table
+suppresses, so the zone and the files never show complementary cells of one suppressed figure.
 """
 
 from __future__ import annotations

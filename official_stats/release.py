@@ -9,7 +9,9 @@ Directories (the PUBLISHED zone, ``<lake>/published``):
   into place; the embargo copy is then removed;
 - ``pre_release_access.csv``: who may see embargoed files (``release_date, user, role``; role
   ``pre_release`` = the 24 hours before release, ``producer`` = any time while it is prepared);
-- ``alerts.jsonl``: late or incomplete releases (also ``attendance_release_status`` 3 or 4).
+- ``alerts.jsonl``: late or incomplete releases (also ``attendance_release_status`` 3 or 4);
+- ``publications.jsonl``: one line per publication (``release``, ``published_at``, ``late``), from which a
+  restarted scheduler reads its last publication time.
 
 Every embargoed-file access decision is logged to ``<lake>/audit/embargo_access.jsonl``.
 
@@ -91,6 +93,10 @@ class ReleasePaths:
     @property
     def alerts(self) -> Path:
         return self.root / "alerts.jsonl"
+
+    @property
+    def publications(self) -> Path:
+        return self.root / "publications.jsonl"
 
 
 def release_at(release: dt.date, config: StatsConfig | None = None) -> dt.datetime:
@@ -281,12 +287,31 @@ def publish(
         shutil.rmtree(embargo)
     late = now > at + dt.timedelta(minutes=config.late_grace_minutes)
     metrics.LAST_PUBLICATION_TIMESTAMP.set(now.timestamp())
+    with paths.publications.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"release": release.isoformat(), "published_at": now.isoformat(), "late": late}) + "\n")
     if late:
         metrics.RELEASE_STATUS.set(LATE)
         _alert(paths, release, LATE, now, f"published at {now.isoformat()}, due {at.isoformat()}")
         return ReleaseOutcome(release, LATE, public, ["published late"])
     metrics.RELEASE_STATUS.set(PUBLISHED)
     return ReleaseOutcome(release, PUBLISHED, public, ["published"])
+
+
+def last_publication_time(lake_uri: str) -> dt.datetime | None:
+    """When a release was last published (``publications.jsonl``), or None if never."""
+    path = ReleasePaths.for_lake(lake_uri).publications
+    if not path.is_file():
+        return None
+    times = [dt.datetime.fromisoformat(json.loads(line)["published_at"])
+             for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return max(times, default=None)
+
+
+def next_release(releases: list[dt.date], now: dt.datetime, config: StatsConfig | None = None) -> dt.date | None:
+    """The release of today (UK date, all day, also once published) or else the first one after today."""
+    config = config or get_stats_config()
+    today = now.astimezone(ZoneInfo(config.timezone)).date()
+    return min((r for r in releases if r >= today), default=None)
 
 
 # --- pre-release access --------------------------------------------------------------------------------
@@ -414,6 +439,8 @@ class ReleaseScheduler:
         rules: DisclosureRules | None = None,
         before_prepare: Callable[[], None] | None = None,
         on_tick: Callable[[], None] | None = None,
+        after_tick: Callable[[], None] | None = None,
+        keep_running: bool = False,
     ):
         self.lake_uri = lake_uri
         self.config = config or get_stats_config()
@@ -423,6 +450,8 @@ class ReleaseScheduler:
         self.clock, self.sleep, self.rules = clock, sleep, rules
         self.before_prepare = before_prepare
         self.on_tick = on_tick  # e.g. the ops server's heartbeat
+        self.after_tick = after_tick  # e.g. the daily data-quality report (after the releases' work)
+        self.keep_running = keep_running  # a service: keep ticking once every release is published
         self.done: dict[dt.date, ReleaseOutcome] = {}
         self._reported_missing: set[dt.date] = set()
         self.events: list[ReleaseOutcome] = []
@@ -436,8 +465,8 @@ class ReleaseScheduler:
         if self.on_tick is not None:
             self.on_tick()
         happened: list[ReleaseOutcome] = []
-        paths = ReleasePaths.for_lake(self.lake_uri)
         for release in self.pending():
+            paths = ReleasePaths.for_lake(self.lake_uri)
             at = release_at(release, self.config)
             prepared = paths.embargo(release).is_dir() or paths.public(release).is_dir()
             if not prepared and now >= at - dt.timedelta(hours=self.config.prepare_lead_hours):
@@ -459,14 +488,44 @@ class ReleaseScheduler:
                 elif not prepared:
                     self._reported_missing.add(release)  # alert once; retry when something is prepared
         self.events += happened
+        self.observe(now)
+        if self.after_tick is not None:
+            self.after_tick()
         return happened
 
+    def observe(self, now: dt.datetime) -> None:
+        """Set the release gauges for the next (or today's) release: its status and scheduled time.
+        No release today or later: both 0 (nothing is due, so nothing can be late)."""
+        release = next_release(self.releases, now, self.config)
+        if release is None:
+            metrics.RELEASE_STATUS.set(NOT_PREPARED)
+            metrics.RELEASE_SCHEDULED_TIMESTAMP.set(0)
+            return
+        at = release_at(release, self.config)
+        metrics.RELEASE_SCHEDULED_TIMESTAMP.set(at.timestamp())
+        metrics.RELEASE_STATUS.set(self.status_of(release, now))
+
+    def status_of(self, release: dt.date, now: dt.datetime) -> int:
+        """What this scheduler did with ``release``, else what the published zone shows."""
+        if release in self.done:
+            return self.done[release].status  # published or late
+        outcomes = [e.status for e in self.events if e.release == release]
+        if outcomes and outcomes[-1] == INCOMPLETE:
+            return INCOMPLETE
+        paths = ReleasePaths.for_lake(self.lake_uri)
+        if paths.public(release).is_dir():
+            return PUBLISHED
+        if paths.embargo(release).is_dir():
+            return EMBARGOED
+        return INCOMPLETE if now > release_at(release, self.config) else NOT_PREPARED
+
     async def run(self, stop: asyncio.Event | None = None, max_ticks: int | None = None) -> None:
-        """Tick until every release is published (or ``stop`` is set, or ``max_ticks`` passes)."""
+        """Tick until every release is published (with ``keep_running``: for ever), or until ``stop`` is
+        set or ``max_ticks`` passes."""
         ticks = 0
-        while self.pending() and not (stop is not None and stop.is_set()):
+        while (self.pending() or self.keep_running) and not (stop is not None and stop.is_set()):
             self.tick()
             ticks += 1
-            if not self.pending() or (max_ticks is not None and ticks >= max_ticks):
+            if (not self.pending() and not self.keep_running) or (max_ticks is not None and ticks >= max_ticks):
                 return
             await self.sleep(self.config.scheduler_tick_seconds)

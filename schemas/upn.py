@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 ALPHABET = "ABCDEFGHJKLMNPQRTUVWXYZ"  # 23 letters: no I, O, S
-UPN_PATTERN = re.compile(r"^[A-HJ-NP-RT-Z]\d{11}[0-9A-HJ-NP-RT-Z]$")
+UPN_PATTERN = re.compile(r"^[A-HJ-NP-RT-Z]\d{11}[0-9A-HJ-NP-RT-Z]$", re.ASCII)
 
 
 def _char_value(char: str) -> int:

@@ -115,6 +115,21 @@ def _is_conflict(exc: BaseException) -> bool:
     return False
 
 
+def _stale(offsets: Mapping[TopicPartition, int], stored: Mapping[TopicPartition, int]) -> bool:
+    """Delta holds a later offset for one of the batch's partitions: the batch comes from a writer that lost
+    the partition (or is an old replay). Equal is not stale (see ``SinkBatch.processed_through``)."""
+    return any(stored.get(tp, -1) > offset for tp, offset in offsets.items())
+
+
+def _replay(batch: SinkBatch, stored: Mapping[TopicPartition, int]) -> bool:
+    """Skip the batch: it is stale, or every message it judged is already covered by Delta's offsets."""
+    if not batch.offsets:
+        return False
+    processed = batch.processed_through or batch.offsets
+    covered = all(tp in stored and stored[tp] >= offset for tp, offset in processed.items())
+    return _stale(batch.offsets, stored) or covered
+
+
 def dedupe_newest(data: pa.Table, key: tuple[str, ...], order_by: str) -> pa.Table:
     """One row per key: the one with the greatest ``order_by`` (the last such row in batch order on ties).
 
@@ -205,7 +220,7 @@ class DeltaSink:
         progress = _Progress()
         offsets_table = self._table(OFFSETS_TABLE, refresh=True)
         advancing, stored = self._stored_offsets(offsets_table, batch.offsets)
-        if batch.offsets and not advancing:
+        if _replay(batch, stored):
             log.info("replayed batch skipped: Delta already holds offsets %s", stored)
             return CommitResult(True, {}, stored, {}, None, 0, time.perf_counter() - started)
 
@@ -256,7 +271,7 @@ class DeltaSink:
         def attempt() -> tuple[int, int | None, _Offsets, _Offsets]:
             delta = self._table(ATTENDANCE_SESSIONS, refresh=True)
             advancing, already = self._stored_offsets(delta, offsets)
-            if offsets and not advancing:
+            if _stale(offsets, already):
                 return 0, None, {}, already  # another writer committed this batch meanwhile
             properties = CommitProperties(
                 app_transactions=[Transaction(self.app_id(t, p), o) for (t, p), o in advancing.items()])

@@ -79,12 +79,14 @@ class ExtractWorker:
     # --- Faust wiring ------------------------------------------------------------------------------------
     def _build_app(self) -> faust.App:
         settings = self.settings
+        (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
         app = faust.App(
             settings.consumer_group,
             broker=[f"kafka://{server}" for server in self.bootstrap.split(",")],
             value_serializer="raw",
             key_serializer="raw",
             store="memory://",
+            datadir=str(settings.state_dir / "faust"),  # not the current directory
             web_enabled=False,
             topic_partitions=settings.extracts_partitions,
             topic_allow_declare=False,  # topics are created deliberately by `attendance topics create`

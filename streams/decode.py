@@ -1,29 +1,33 @@
 """Extract messages (bytes) -> typed Arrow tables, column-wise, with every structural fault named.
 
-One call decodes a whole batch of messages. The fast path parses all of them at once with Arrow's JSON
-reader against an explicit schema (the contract's fields, typed; anything else skipped), then flattens the
-nested pupils and sessions into flat tables with ``list_flatten``/``list_parent_indices``. Arrow's reader is
-strict about types, so a message with a field of the wrong JSON type makes the whole parse fail: the batch is
-then split (at the row Arrow names, or in halves) until the messages that fail on their own are isolated.
-Those, and anything else the fast path cannot vouch for, take the slow path: ``orjson`` and a per-record
-type check that names each faulty field and keeps the rest of the message. Both paths produce the same raw
-flat tables, and every value check (dates, patterns, ranges, required fields) then runs once, column-wise,
-over their union: a message gives the same result whichever path it took (tests pin this).
+One call decodes a whole batch of messages. The fast path joins them (newline-separated) and parses them
+with Arrow's JSON reader, in blocks of about 1 MB, against an explicit schema (the contract's fields, typed;
+anything else skipped); the nested pupils and sessions are then flattened into flat tables column-wise
+(``list_flatten``, ``struct_field``, position arithmetic in numpy), without copying the values. Arrow's
+reader is strict about types, so a field of the wrong JSON type makes its block fail: the block is split at
+the row Arrow names (that message goes to the slow path) or in halves until the messages that fail on their
+own are isolated. Those, and anything else the fast path cannot vouch for, take the slow path: ``orjson``,
+then each field checked for its JSON type column by column, naming each faulty field and keeping the rest
+of the message. Both paths produce the same raw flat tables, and every value check (dates, patterns,
+ranges, required fields) then runs once, column-wise, over their union: a message gives the same result
+whichever path it took (tests pin this).
 
 Fields outside the contract are dropped and counted. ``extra_fields_dropped`` counts out-of-contract keys
 *carrying a value* (not ``null``), at the header, pupil and mark level and inside such fields (a dropped
-``address`` object with two keys counts 3), in messages whose structure is valid. In the fast path the count
-is exact arithmetic on the raw bytes: every colon outside a string ends a key, so keys with a non-null value
-= colons right after a quote minus those followed by ``null``, minus the contract's non-null fields (known
-from the parsed columns). The preconditions of that arithmetic (no escaped quote just before a colon, no
-whitespace between a key and its colon, at most one space after it) are checked on the same colon positions;
-a message that breaks them, or that carries extra values at all, is checked further (below) or sent down the
-slow path, which counts by walking the decoded document. A key whose value is ``null`` carries no data and
-cannot be told from an absent key in the columns, so it is not counted by either path.
+``address`` object with two keys counts 3), in messages whose structure is valid. The count is exact
+arithmetic on the raw bytes: every colon outside a string ends a key, so keys with a non-null value =
+colons right after a quote minus those whose value starts with ``n`` (only ``null`` does), minus the
+contract's non-null fields (known from the parsed columns). The preconditions of that arithmetic (no escaped
+quote just before a colon, no whitespace between a key and its colon, at most one space after it) are
+checked on the same colon positions; a message that breaks them is counted by walking its decoded document
+instead. A key whose value is ``null`` carries no data and cannot be told from an absent key in the
+columns, so it is not counted by either path. (Counting only on the slow path was not an option: real MIS
+feeds carry forename and surname on every pupil.)
 
-Arrow's reader accepts ``NaN``/``Infinity`` and very deep nesting inside fields it skips; a message carrying
-extra values is therefore also run through ``msgspec``'s strict JSON validator (no objects built), and one
-that fails it goes down the slow path, where ``orjson`` decides (its limit: 1024 levels of nesting).
+Arrow's reader accepts ``NaN``/``Infinity`` and very deep nesting inside fields it skips; a message whose
+extra fields hold an object or an array, or a value starting like NaN/Infinity, is therefore also run
+through ``msgspec``'s strict JSON validator (no objects built), and one that fails it goes down the slow
+path, where ``orjson`` decides (its limit: 1024 levels of nesting).
 
 Nothing here logs, and no detail ever quotes a value from a pupil: details name the field and the fault.
 """

@@ -11,10 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import msgspec
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.sink import SinkBatch
 from storage.tables import EXTRACTS, OPTOUT_AUDIT, QUARANTINE
@@ -40,18 +42,31 @@ class RawRecord:
         return (self.topic, self.partition)
 
 
+#: Header integers must fit the tables' int32 columns; a larger number makes the header unreadable here.
+_Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+
+
 class _HeaderPeek(msgspec.Struct):
     """The few header fields completeness needs; the pupils are skipped, not built."""
 
     extract_id: str
     urn: str
-    chunk_index: int
-    chunk_count: int
-    pupil_count: int = 0
+    chunk_index: _Int32
+    chunk_count: _Int32
+    pupil_count: _Int32 = 0
     extract_date: str | None = None
 
 
 _peek_decoder = msgspec.json.Decoder(_HeaderPeek)
+
+
+def _peek(value: bytes) -> _HeaderPeek | None:
+    """The header fields, or None when they cannot be read here (the decoder then names the fault;
+    JSON nested too deep for any decoder is MSG_NOT_JSON)."""
+    try:
+        return _peek_decoder.decode(value)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
 
 
 @dataclass
@@ -101,10 +116,7 @@ class BatchProcessor:
 
         for record in records:
             last_offset[record.tp] = max(record.offset, last_offset.get(record.tp, -1))
-            try:
-                peek = _peek_decoder.decode(record.value)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                peek = None
+            peek = _peek(record.value)
             urn = peek.urn if peek else (record.key or b"").decode("utf-8", errors="replace")
             if urn in opted_out:  # nothing of an opted-out school is kept: count-level audit only
                 outcome.optout_pupils_dropped += peek.pupil_count if peek and peek.chunk_index == 0 else 0
@@ -140,6 +152,8 @@ class BatchProcessor:
 
     def _take(self, extract: PendingExtract, opted_out: frozenset[str], to_decode: list[RawRecord],
               extract_of: list[str | None], outcome: BatchOutcome, audit_rows: list[dict]) -> None:
+        if extract.extract_id in extract_of:
+            return  # the same extract sent again within this batch: judged once (a later copy merges idempotently)
         ordered = sorted(extract.chunks, key=lambda c: (c.chunk_index, c.offset))
         for chunk in ordered:
             to_decode.append(RawRecord(chunk.tp[0], chunk.tp[1], chunk.offset, chunk.timestamp_ms, None,
@@ -161,11 +175,18 @@ class BatchProcessor:
         headers = pl.from_arrow(decoded.headers)
         outcome.pupils_consumed += int(headers["pupils_in_message"].sum() or 0) if headers.height else 0
 
+        # Chunks whose structure broke the contract have no decoded header, but the completeness peek read
+        # theirs: their extract is rejected under their own reason (not judged for consistency on the chunks
+        # left), and their rows name the extract and school.
+        unparsed = _peek_headers(records, decoded.message_rejections.column("msg_index").to_pylist())
+        consistency_headers = decoded.headers.filter(pc.invert(pc.is_in(
+            decoded.headers.column("extract_id"), value_set=unparsed["extract_id"].to_arrow().cast(pa.string()))))
+
         # Message-level judgement: decode faults, register and date checks, chunk consistency.
         message_rejections = pl.concat([
             _rej(decoded.message_rejections),
             _rej(check_headers(decoded.headers, self.register, now.date(), max_age_days=self.config.max_age_days)),
-            _rej(check_extract_consistency(decoded.headers)),
+            _rej(check_extract_consistency(consistency_headers)),
         ], how="vertical_relaxed")
         for index in message_rejections.filter(pl.col("reason_code").is_in(list(UNREADABLE_REASONS)))[
                 "msg_index"].to_list():
@@ -173,6 +194,7 @@ class BatchProcessor:
         # One faulty chunk rejects its whole extract: never half-publish.
         rejected_extracts = set(headers.join(message_rejections.select("msg_index").unique(), on="msg_index")[
             "extract_id"].to_list()) if headers.height else set()
+        rejected_extracts |= set(unparsed["extract_id"].to_list())
         sibling_rows = headers.filter(pl.col("extract_id").is_in(list(rejected_extracts)) &
                                       ~pl.col("msg_index").is_in(message_rejections["msg_index"].implode()))
         sibling_rejections = sibling_rows.select(
@@ -196,7 +218,9 @@ class BatchProcessor:
         ], how="diagonal_relaxed")
         record_rejections = record_rejections.filter(pl.col("msg_index").is_in(accepted_index))
 
-        quarantine = _quarantine_rows(all_message_rejections, record_rejections, headers, positions, records, now)
+        known_headers = pl.concat([headers, unparsed], how="diagonal_relaxed") if unparsed.height else headers
+        quarantine = _quarantine_rows(all_message_rejections, record_rejections, known_headers, positions, records,
+                                      now)
         quarantine = pl.concat([quarantine, _incomplete_rows(incomplete, now)], how="diagonal_relaxed") \
             if incomplete else quarantine
         for reason, severity, count in quarantine.group_by("reason_code", "severity").len().iter_rows():
@@ -206,7 +230,7 @@ class BatchProcessor:
         accepted_pupils = records_result.accepted_pupils
         outcome.pupils_accepted += accepted_pupils.num_rows
         outcome.marks_accepted += sessions.num_rows
-        extracts = _extract_rows(headers, rejected_extracts, accepted_pupils, sessions, record_rejections,
+        extracts = _extract_rows(known_headers, rejected_extracts, accepted_pupils, sessions, record_rejections,
                                  positions, incomplete, now)
         for status, count in extracts.group_by("status").len().iter_rows():
             outcome.extracts_by_status[status] = outcome.extracts_by_status.get(status, 0) + count
@@ -227,6 +251,24 @@ def _parse_date(text: str | None) -> dt.date | None:
         return dt.date.fromisoformat(text) if text else None
     except ValueError:
         return None
+
+
+_PEEKED_SCHEMA = {"msg_index": pl.Int32, "extract_id": pl.String, "urn": pl.String, "extract_date": pl.Date,
+                  "chunk_index": pl.Int64, "chunk_count": pl.Int64, "pupil_count": pl.Int64}
+
+
+def _peek_headers(records: list[RawRecord], msg_indexes: list[int]) -> pl.DataFrame:
+    """The completeness peek's header of each of these (rejected) messages that it could read: a few rows."""
+    rows = []
+    for index in sorted(set(msg_indexes)):
+        peek = _peek(records[index].value)
+        if peek is None:
+            continue
+        rows.append({"msg_index": index, "extract_id": peek.extract_id.lower(), "urn": peek.urn,
+                     "extract_date": _parse_date(peek.extract_date), "chunk_index": peek.chunk_index,
+                     "chunk_count": peek.chunk_count, "pupil_count": peek.pupil_count})
+    return pl.DataFrame(rows, schema=_PEEKED_SCHEMA).with_columns(
+        pl.col(name).cast(pl.Int32, strict=False) for name in ("chunk_index", "chunk_count", "pupil_count"))
 
 
 def _rej(table: pa.Table) -> pl.DataFrame:
@@ -261,16 +303,25 @@ def _quarantine_rows(message_rejections: pl.DataFrame, record_rejections: pl.Dat
     )
 
 
+def _pending_header(extract: PendingExtract) -> _HeaderPeek:
+    """The header of a held extract's first chunk (it was peeked once already, so it decodes)."""
+    return _peek_decoder.decode(min(extract.chunks, key=lambda c: (c.chunk_index, c.offset)).value)
+
+
 def _incomplete_rows(incomplete: list[PendingExtract], now: dt.datetime) -> pl.DataFrame:
+    peeked = {e.extract_id: _pending_header(e) for e in incomplete}
     rows = [
-        {"extract_id": e.extract_id, "chunk_index": c.chunk_index, "topic": c.tp[0], "partition": c.tp[1],
+        {"extract_id": e.extract_id, "urn": peeked[e.extract_id].urn,
+         "extract_date": _parse_date(peeked[e.extract_id].extract_date),
+         "chunk_index": c.chunk_index, "topic": c.tp[0], "partition": c.tp[1],
          "offset": c.offset, "reason_code": "MSG_INCOMPLETE", "severity": RULES["MSG_INCOMPLETE"].severity,
          "field": "chunk_count",
          "detail": f"{len(e.chunks)} of {e.chunk_count} chunks arrived before the timeout",
          "raw_message": c.value, "quarantined_at": now}
         for e in incomplete for c in e.chunks
     ]
-    return pl.DataFrame(rows).with_columns(pl.col("partition").cast(pl.Int32), pl.col("chunk_index").cast(pl.Int32))
+    return pl.DataFrame(rows, schema_overrides={"extract_date": pl.Date}).with_columns(
+        pl.col("partition").cast(pl.Int32), pl.col("chunk_index").cast(pl.Int32))
 
 
 def _extract_rows(headers: pl.DataFrame, rejected: set[str], pupils: pa.Table, sessions: pa.Table,
@@ -291,10 +342,12 @@ def _extract_rows(headers: pl.DataFrame, rejected: set[str], pupils: pa.Table, s
         accepted_marks = pl.from_arrow(sessions.select(["extract_id"])).group_by("extract_id").len("marks_accepted") \
             if sessions.num_rows else pl.DataFrame(schema={"extract_id": pl.String, "marks_accepted": pl.UInt32})
         by_msg = headers.select("msg_index", "extract_id")
-        rejected_counts = record_rejections.join(by_msg, on="msg_index").join(_SEVERITY, on="reason_code").group_by(
-            "extract_id").agg(
-            (pl.col("severity") == "pupil").sum().alias("pupils_rejected"),
-            (pl.col("severity") == "mark").sum().alias("marks_rejected"),
+        judged = record_rejections.join(by_msg, on="msg_index").join(_SEVERITY, on="reason_code")
+        rejected_counts = judged.group_by("extract_id").agg(  # a pupil or mark with two faults counts once
+            pl.struct("msg_index", "pupil_position").filter(pl.col("severity") == "pupil").n_unique()
+            .alias("pupils_rejected"),
+            pl.struct("msg_index", "pupil_position", "mark_position").filter(pl.col("severity") == "mark")
+            .n_unique().alias("marks_rejected"),
         )
         parts.append(
             seen.join(accepted_pupils, on="extract_id", how="left").join(accepted_marks, on="extract_id", how="left")
@@ -310,11 +363,15 @@ def _extract_rows(headers: pl.DataFrame, rejected: set[str], pupils: pa.Table, s
             .drop("first_ms", "last_ms")
         )
     if incomplete:
+        peeked = {e.extract_id: _pending_header(e) for e in incomplete}
         parts.append(pl.DataFrame([{
-            "extract_id": e.extract_id, "chunk_count": e.chunk_count, "chunks_received": len(e.chunks),
+            "extract_id": e.extract_id, "urn": peeked[e.extract_id].urn,
+            "extract_date": _parse_date(peeked[e.extract_id].extract_date),
+            "pupil_count": peeked[e.extract_id].pupil_count,
+            "chunk_count": e.chunk_count, "chunks_received": len(e.chunks),
             "status": "incomplete", "first_seen_at": _utc(e.first_timestamp_ms),
             "last_seen_at": _utc(max(c.timestamp_ms for c in e.chunks)),
-        } for e in incomplete]))
+        } for e in incomplete], schema_overrides={"extract_date": pl.Date}))
     return pl.concat(parts, how="diagonal_relaxed")
 
 

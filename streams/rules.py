@@ -252,6 +252,8 @@ def upn_is_valid(upns: pa.Array | pa.ChunkedArray) -> pa.Array:
     chunks = upns.chunks if isinstance(upns, pa.ChunkedArray) else [upns]
     results = [_upn_chunk_is_valid(chunk if pa.types.is_string(chunk.type) else chunk.cast(pa.string()))
                for chunk in chunks]
+    if not results:  # a chunked array of no chunks (a batch without pupils)
+        return pa.array([], pa.bool_())
     return pa.concat_arrays(results) if len(results) != 1 else results[0]
 
 

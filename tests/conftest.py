@@ -15,19 +15,28 @@ from attendance.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real broker for the session (or the cluster in ATTENDANCE_KAFKA_BOOTSTRAP, if set)."""
-    external = os.environ.get("ATTENDANCE_KAFKA_BOOTSTRAP")
-    if external:
-        yield external
+def kafka_broker_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+    """The state directory of the session's broker (None when an external cluster is used)."""
+    if os.environ.get("ATTENDANCE_KAFKA_BOOTSTRAP"):
+        yield None
         return
     state_dir = tmp_path_factory.mktemp("broker-state")
     settings = Settings(state_dir=state_dir)
-    info = broker.start(settings, state_dir=state_dir)
+    broker.start(settings, state_dir=state_dir)
     try:
-        yield info.bootstrap
+        yield state_dir
     finally:
         broker.stop(settings, state_dir=state_dir, wipe=True)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker_state: Path | None) -> str:
+    """A real broker for the session (or the cluster in ATTENDANCE_KAFKA_BOOTSTRAP, if set)."""
+    if kafka_broker_state is None:
+        return os.environ["ATTENDANCE_KAFKA_BOOTSTRAP"]
+    info = broker.is_running(kafka_broker_state)
+    assert info is not None, "the session's broker is not running"
+    return info.bootstrap
 
 
 @pytest.fixture()

@@ -9,6 +9,12 @@ from typing import Any
 from schemas.upn import make_upn
 
 
+def _year4_birth_date(day: dt.date) -> str:
+    """A birthday that makes a pupil Year 4 (age 8 on 31 August before the academic year of ``day``)."""
+    academic_year_start = day.year if day.month >= 9 else day.year - 1
+    return dt.date(academic_year_start - 8, 3, 1).isoformat()
+
+
 def make_extract(urn: str = "100001", laestab: str = "3732001", extract_date: dt.date = dt.date(2026, 11, 17),
                  pupils: int = 3, generated_at: str | None = None, codes: tuple[str, str] = ("/", "\\"),
                  extract_id: str | None = None, la_code: int = 373, establishment: int = 2001) -> dict[str, Any]:
@@ -23,7 +29,7 @@ def make_extract(urn: str = "100001", laestab: str = "3732001", extract_date: dt
         "pupils": [
             {
                 "upn": make_upn(la_code, establishment, 20, n),
-                "date_of_birth": "2017-03-01",
+                "date_of_birth": _year4_birth_date(extract_date),
                 "sex": "F" if n % 2 else "M",
                 "nc_year_group": "4",
                 "ethnicity": "WBRI",

@@ -65,19 +65,33 @@ def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
 
 
 def start_worker(settings: Settings, *, until_drained: bool = False, **overrides: str) -> subprocess.Popen:
+    """A worker process whose log goes to a file beside the lake (a pipe nobody reads would fill and block it)."""
     args = [sys.executable, "-m", "attendance", "worker"] + (["--until-drained"] if until_drained else [])
-    return subprocess.Popen(args, env=worker_env(settings, **overrides), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    log_path = Path(settings.lake_uri).parent / f"worker-{time.monotonic_ns()}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(args, env=worker_env(settings, **overrides), stdout=log_file,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    process.log_path = log_path  # type: ignore[attr-defined]
+    return process
+
+
+def worker_log(process: subprocess.Popen, tail: int = 3000) -> str:
+    return process.log_path.read_text(errors="replace")[-tail:]  # type: ignore[attr-defined]
+
+
+def wait(process: subprocess.Popen, timeout: float) -> int:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill(process)
+        raise AssertionError(f"worker still running after {timeout:.0f}s:\n{worker_log(process)}") from None
 
 
 def run_until_drained(settings: Settings, timeout: float = 240, **overrides: str) -> None:
     process = start_worker(settings, until_drained=True, **overrides)
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill(process)
-        raise
-    assert process.returncode == 0, stderr.decode(errors="replace")[-3000:]
+    code = wait(process, timeout)
+    assert code == 0, worker_log(process)
 
 
 def kill(process: subprocess.Popen) -> None:
@@ -145,5 +159,11 @@ def assert_exactly_expected(settings: Settings, files: list[Path]) -> None:
     pupils = read(settings, PUPILS)
     assert pupils.select("urn", "upn").is_duplicated().sum() == 0, "doubled pupils"
     assert pupils.height == want.select("urn", "upn").unique().height
-    extracts = read(settings, EXTRACTS)
-    assert extracts.height == len(files) and set(extracts["status"]) == {"complete"}
+    file_ids = {_extract_id(path) for path in files}
+    extracts = read(settings, EXTRACTS).filter(pl.col("extract_id").is_in(list(file_ids)))
+    assert extracts.height == len(file_ids) and set(extracts["status"]) == {"complete"}
+
+
+def _extract_id(path: Path) -> str:
+    raw = path.read_bytes()
+    return orjson.loads(gzip.decompress(raw) if path.name.endswith(".gz") else raw)["extract_id"]

@@ -19,6 +19,8 @@ from tests.faults.harness import (
     run_until_drained,
     snapshot,
     start_worker,
+    wait,
+    worker_log,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -64,8 +66,7 @@ def test_two_workers_on_one_topic_equal_a_single_worker(settings: Settings, tmp_
     pair = [start_worker(settings, until_drained=True, **SMALL_BATCHES) for _ in range(2)]
     try:
         for worker in pair:
-            _, stderr = worker.communicate(timeout=240)
-            assert worker.returncode == 0, stderr.decode(errors="replace")[-3000:]
+            assert wait(worker, 240) == 0, worker_log(worker)
     finally:
         for worker in pair:
             kill(worker)

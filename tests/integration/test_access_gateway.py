@@ -629,14 +629,24 @@ def test_la_aggregates_hold_no_upn_dob_or_school_identifier(stats_lake: str) -> 
     assert [f for f in findings if f.location.startswith("la_aggregates/") and f.check != "disclosure"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the statistics package keeps its views before disclosure control in "
-    "la_aggregates (stats_attendance_views); the gateway hides those rows, direct storage does not",
-)
 def test_la_aggregates_hold_no_cell_the_disclosure_rules_would_suppress(stats_lake: str) -> None:
     findings = scan_outputs(stats_lake, storage_options={})
     assert [f for f in findings if f.location.startswith("la_aggregates/")] == []
+    # the scan had the statistics' table to read, and what it holds for the one-school LAs is no figure
+    stored = pl.read_delta(str(Path(stats_lake, Zone.LA_AND_ABOVE.value, "stats_attendance_views")))
+    lone = stored.filter(pl.col("old_la_code").is_in(["201", "330"]))
+    assert lone.height > 0 and lone["suppressed"].all()
+    assert lone["possible_sessions"].null_count() == lone.height
+    assert lone["overall_absence_perc"].null_count() == lone.height
+
+
+def test_la_aggregates_zone_holds_only_disclosure_controlled_tables(stats_lake: str) -> None:
+    zone = Path(stats_lake, Zone.LA_AND_ABOVE.value)
+    assert sorted(p.name for p in zone.iterdir()) == ["stats_attendance_views"]
+    assert "suppressed" in pl.read_delta(str(zone / "stats_attendance_views")).columns
+    # the exact figures are kept with the school-level data, the run bookkeeping in the restricted zone
+    assert Path(stats_lake, Zone.SCHOOL.value, "stats_attendance_views_unsuppressed", "_delta_log").is_dir()
+    assert Path(stats_lake, Zone.RESTRICTED.value, "stats_aggregation_runs", "_delta_log").is_dir()
 
 
 @pytest.mark.parametrize("role", ["inspection", "national_alliance"])
@@ -658,20 +668,58 @@ def test_gateway_serves_no_single_school_la_or_the_region_that_would_reveal_it(
 
 
 def test_dfe_analysts_see_the_views_before_disclosure_control(stats_lake: str) -> None:
-    rows = pl.from_arrow(
-        view(stats_lake, "dfe_analyst").sql(
-            "SELECT DISTINCT old_la_code FROM stats_attendance_views "
+    v = view(stats_lake, "dfe_analyst")
+    exact = pl.from_arrow(
+        v.sql(
+            "SELECT DISTINCT old_la_code FROM stats_attendance_views_unsuppressed "
             "WHERE geographic_level = 'Local authority'"
         )
     )
-    assert set(rows["old_la_code"]) == {"373", "201", "330"}
+    assert set(exact["old_la_code"]) == {"373", "201", "330"}
+    # LA 373: 2 schools x 12 pupils x 2 sessions on 2 days, all present
+    lone = v.sql(
+        "SELECT possible_sessions FROM stats_attendance_views_unsuppressed WHERE time_frame = 'Week' "
+        "AND geographic_level = 'Local authority' AND old_la_code = '373' AND education_phase = 'Total' "
+        "AND fsm_status = 'Total' AND sen_status = 'Total' AND year_group = 'Total'"
+    )
+    assert column(lone, "possible_sessions") == [2 * 12 * 2 * 2]
+    # the controlled table as stored: the one-school LAs are flagged, their figures are not there at all
+    controlled = pl.from_arrow(
+        v.sql(
+            "SELECT old_la_code, suppressed, possible_sessions FROM stats_attendance_views "
+            "WHERE geographic_level = 'Local authority'"
+        )
+    )
+    lone = controlled.filter(pl.col("old_la_code") != "373")
+    assert set(lone["old_la_code"]) == {"201", "330"} and lone["suppressed"].all()
+    assert lone["possible_sessions"].null_count() == lone.height
+
+
+@pytest.mark.parametrize(
+    "role, scope", [("local_authority", "373"), ("local_alliance", "373"), ("school", "100001"), ("trust", "16782")]
+)
+def test_the_views_before_disclosure_control_are_withheld_from_area_scoped_roles(
+    stats_lake: str, role: str, scope: str
+) -> None:
+    v = view(stats_lake, role, scope, purpose="attendance support for the area")
+    error = refused(v, "SELECT * FROM stats_attendance_views_unsuppressed")
+    assert error.rule == "invariant" and "filters by school" in str(error)
+
+
+@pytest.mark.parametrize("role", ["inspection", "national_alliance"])
+def test_la_level_roles_cannot_read_the_views_before_disclosure_control(stats_lake: str, role: str) -> None:
+    v = view(stats_lake, role, purpose="termly LA summary")
+    error = refused(v, "SELECT * FROM stats_attendance_views_unsuppressed")
+    assert error.rule == "zone-not-granted"
 
 
 def test_bookkeeping_tables_are_not_served_to_la_level_roles(stats_lake: str) -> None:
     error = refused(
         view(stats_lake, "inspection", purpose="inspection planning"), "SELECT * FROM stats_aggregation_runs"
     )
-    assert error.rule == "table-not-granted"
+    assert error.rule == "zone-not-granted"
+    error = refused(view(stats_lake, "dfe_analyst"), "SELECT * FROM stats_aggregation_runs")
+    assert error.rule == "zone-not-granted"
 
 
 def test_subject_access_finds_the_statistics_per_pupil_tables_too(stats_lake: str, tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ class WorkerProcess:
 
     def log_tail(self) -> str:
         self.stderr.flush()
-        return self.stderr_path.read_text(errors="replace")[-3000:]
+        return self.stderr_path.read_text(errors="replace")[-6000:]
 
     def assert_running(self) -> None:
         assert self.process.poll() is None, f"worker exited {self.process.returncode}:\n{self.log_tail()}"
@@ -174,6 +174,12 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"{path} not 200 within {timeout:.0f}s (last: {last}):\n{self.log_tail()}")
 
+    def scrape(self) -> Samples:
+        try:
+            return scrape(self.base)
+        except OSError as exc:  # a failed scrape is a finding: show what the worker was doing
+            raise AssertionError(f"scraping {self.base}/metrics failed: {exc!r}\n{self.log_tail()}") from exc
+
     def settle(self, expected_messages: int, timeout: float) -> tuple[Samples, list[float]]:
         """Scrape until every sent message is judged and lag is 0, or (if a counter is wrong) until the
         accepted counters and lag have not moved for 5 s. Returns the last scrape and every consumed value."""
@@ -182,7 +188,7 @@ class WorkerProcess:
         stable_since, last_key = time.monotonic(), None
         while time.monotonic() < deadline:
             self.assert_running()
-            samples = scrape(self.base)
+            samples = self.scrape()
             consumed = total(samples, "attendance_messages_consumed_total")
             consumed_seen.append(consumed)
             lag = total(samples, "attendance_consumer_lag_messages")
@@ -228,7 +234,7 @@ def test_scraped_counters_equal_what_the_lake_holds_and_the_worker_stops_cleanly
         assert health["live"] is True
         ready = worker.wait_for("/readyz", STARTUP_TIMEOUT_S)
         assert ready["assigned_partitions"] == settings.extracts_partitions and ready["total_lag"] == 0
-        before = scrape(worker.base)
+        before = worker.scrape()
         assert total(before, "attendance_messages_consumed_total") == 0
         assert total(before, "attendance_worker_assigned_partitions") == settings.extracts_partitions
 
@@ -241,7 +247,7 @@ def test_scraped_counters_equal_what_the_lake_holds_and_the_worker_stops_cleanly
         sender.start()
         during: list[float] = []
         while sender.is_alive():
-            during.append(total(scrape(worker.base), "attendance_messages_consumed_total"))
+            during.append(total(worker.scrape(), "attendance_messages_consumed_total"))
             time.sleep(0.2)
         sender.join()
         samples, consumed_seen = worker.settle(len(messages), SETTLE_TIMEOUT_S)
@@ -259,6 +265,8 @@ def test_scraped_counters_equal_what_the_lake_holds_and_the_worker_stops_cleanly
         sessions, pupils = table(settings, ATTENDANCE_SESSIONS), table(settings, PUPILS)
         quarantine, extracts = table(settings, QUARANTINE), table(settings, EXTRACTS)
         assert total(samples, "attendance_messages_consumed_total") == len(messages)
+        assert total(samples, "attendance_pupil_records_consumed_total") == sum(
+            len(orjson.loads(value)["pupils"]) for _, value in messages if _readable(value))
         assert total(samples, "attendance_session_marks_accepted_total") == sessions.height
         assert sessions.height == extracts["marks_accepted"].sum()
         assert total(samples, "attendance_pupil_records_accepted_total") == pupils.height
@@ -319,3 +327,11 @@ def _resent_day(chunks: list[Message]) -> list[Message]:
         message["generated_at"] = (generated + dt.timedelta(hours=1)).isoformat()
         resent.append((key, orjson.dumps(message)))
     return resent
+
+
+def _readable(value: bytes) -> bool:
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    return True

@@ -159,7 +159,8 @@ def test_a_generated_day_reads_back_identical_message_by_message(settings: Setti
     files = sorted((tmp_path / "gen" / "extracts").rglob("*.json*"))
     summary = send_files([tmp_path / "gen" / "extracts"], settings, settings.kafka_bootstrap)
     assert summary.ok and summary.files_sent == len(files) == 3
-    expected = [(c.key, c.value) for f in files for c in chunk_extract(read_extract_file(f), settings.max_message_bytes)]
+    limit = settings.max_message_bytes
+    expected = [(c.key, c.value) for f in files for c in chunk_extract(read_extract_file(f), limit)]
     received = [(key, value) for _, key, value in read_all(settings)]
     assert sorted(received) == sorted(expected)  # partitions interleave; within a school order is kept
     by_school: dict[bytes, list[bytes]] = {}

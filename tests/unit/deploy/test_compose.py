@@ -243,14 +243,24 @@ def test_heartbeat_is_exported_as_a_timestamp(served):
     assert REGISTRY.get_sample_value("attendance_process_heartbeat_timestamp_seconds") > 1.7e9
 
 
-def test_run_once_metrics_written_to_a_textfile_hold_only_the_named_families(tmp_path):
-    from attendance.http import RunOnceOutputs, export_run_once_metrics, run_once_outputs
+def test_run_once_outputs_come_from_the_settings_and_empty_variables_mean_unset(tmp_path, monkeypatch):
+    from attendance.http import RunOnceOutputs, run_once_outputs
+    from attendance.settings import Settings
 
-    assert (
-        run_once_outputs({"ATTENDANCE_METRICS_TEXTFILE": str(tmp_path / "m.prom")}).textfile
-        == tmp_path / "m.prom"
-    )
-    assert run_once_outputs({}) == RunOnceOutputs(None, None)
+    monkeypatch.setenv("ATTENDANCE_METRICS_TEXTFILE", str(tmp_path / "m.prom"))
+    monkeypatch.setenv("ATTENDANCE_PUSHGATEWAY_URL", "http://pushgateway:9091")
+    assert run_once_outputs(Settings()) == RunOnceOutputs(tmp_path / "m.prom", "http://pushgateway:9091")
+    monkeypatch.setenv("ATTENDANCE_METRICS_TEXTFILE", "")
+    monkeypatch.setenv("ATTENDANCE_PUSHGATEWAY_URL", "")
+    assert run_once_outputs(Settings()) == RunOnceOutputs(None, None)
+    monkeypatch.delenv("ATTENDANCE_METRICS_TEXTFILE")
+    monkeypatch.delenv("ATTENDANCE_PUSHGATEWAY_URL")
+    assert run_once_outputs(Settings()) == RunOnceOutputs(None, None)
+
+
+def test_run_once_metrics_written_to_a_textfile_hold_only_the_named_families(tmp_path):
+    from attendance.http import RunOnceOutputs, export_run_once_metrics
+
     done = export_run_once_metrics(
         "attendance-dq", ("attendance_dq_",), RunOnceOutputs(tmp_path / "m.prom", None)
     )

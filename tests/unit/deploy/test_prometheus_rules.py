@@ -1,8 +1,10 @@
 """deploy/prometheus/alerts.yml: valid rule schema, only metrics the system exports, a runbook entry per
-alert, and (when promtool is installed) promtool's own check and the rule unit tests in alerts_test.yml."""
+alert, and (when promtool is available: `make promtool`) promtool's own check and the rule unit tests in
+alerts_test.yml."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -164,13 +166,31 @@ def test_schools_missing_alert_uses_uk_time_not_utc(rules):
     assert "attendance_uk_utc_offset_seconds" in record
 
 
-# --- promtool, when installed ----------------------------------------------------------------------------
+# --- promtool, when available -----------------------------------------------------------------------------
 
-PROMTOOL = shutil.which("promtool")
+
+def find_promtool(root: Path = ROOT) -> str | None:
+    """``.tools/promtool`` (fetched by ``make promtool``, a prerequisite of ``make test``), else PATH."""
+    fetched = root / ".tools" / "promtool"
+    if fetched.is_file() and os.access(fetched, os.X_OK):
+        return str(fetched)
+    return shutil.which("promtool")
+
+
+def test_find_promtool_prefers_the_fetched_binary(tmp_path: Path):
+    fetched = tmp_path / ".tools" / "promtool"
+    fetched.parent.mkdir()
+    fetched.write_text("#!/bin/sh\n")
+    assert find_promtool(tmp_path) == shutil.which("promtool")  # not executable: not used
+    fetched.chmod(0o755)
+    assert find_promtool(tmp_path) == str(fetched)
+
+
+PROMTOOL = find_promtool()
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None,
-    reason="promtool not on PATH (Debian: apt-get download prometheus && dpkg-deb -x *.deb x; "
-    "put x/usr/bin on PATH)",
+    reason="promtool not found in .tools/ or on PATH (`make promtool` fetches it from Debian's prometheus "
+    "package); the rules were checked by the Python schema tests above only",
 )
 
 

@@ -165,6 +165,19 @@ def test_a_day_built_from_one_school_is_protected_within_its_week() -> None:
     assert reasons(result) == ["secondary", "single_school", None, None, None, None]
 
 
+def test_an_la_week_whose_published_school_count_is_one_is_suppressed() -> None:
+    monday = dt.date(2026, 11, 16)
+    # two schools that never submitted on the same day: 2 distinct schools, but a daily mean of 1 (2 schools
+    # on no day), which the file would publish as num_schools "1" beside the figures (DfE: num_schools == 1)
+    week = view_row("Local authority", la="830", time_frame="Week", start=monday, schools=2, enrolments=100)
+    busier = view_row("Local authority", la="831", time_frame="Week", start=monday, schools=2, enrolments=100)
+    rows = frame([week, busier]).with_columns(pl.Series("num_schools", [1.0, 1.6]))
+    result = apply_disclosure(rows, RULES)
+    # 1.6 rounds to 2 at count_dp 0: published as "2", not suppressed
+    assert reasons(result) == ["single_school", None]
+    assert reasons(apply_disclosure(rows.drop("num_schools"), RULES)) == [None, None]
+
+
 def test_crafted_day_publication_has_hand_derived_suppression() -> None:
     """The crafted day of test_stats_views, with DfE's single-school rule only (no pupil threshold)."""
     rows = crafted_day_rows()

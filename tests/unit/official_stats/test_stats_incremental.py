@@ -29,7 +29,7 @@ def build_lake(path: Path, days: list[dt.date] = DAYS, cdf: bool = False) -> syn
 
 
 def view_files(lake: Path) -> dict[tuple[str, str], set[str]]:
-    actions = pa.table(DeltaTable(contracts.VIEWS.path(str(lake))).get_add_actions(flatten=True))
+    actions = pa.table(DeltaTable(contracts.VIEWS_UNSUPPRESSED.path(str(lake))).get_add_actions(flatten=True))
     files: dict[tuple[str, str], set[str]] = {}
     for path, frame, start in zip(
         actions.column("path").to_pylist(),

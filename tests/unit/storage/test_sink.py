@@ -417,3 +417,19 @@ def test_read_table_filters_on_strings_after_a_merge_rewrote_the_files(lake_uri:
         ATTENDANCE_SESSIONS, lake_uri, filter=pc.field("urn") == "100001", columns=["code"]
     )
     assert found.column("code").to_pylist() == ["N"]
+
+
+def test_a_batch_held_behind_an_incomplete_extract_still_writes_what_it_judged(lake_uri: str) -> None:
+    # The worker holds an incomplete extract's chunk at offset 10: its committed offset stays at 9 while it
+    # writes the complete extracts it judged after that chunk (offsets 11..60).
+    sink = DeltaSink(lake_uri)
+    sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN)]), offsets={(TOPIC, 0): 9}))
+    held = sink.write_batch(SinkBatch(sessions=sessions([("100002", "B1", DAY, "AM", "/", TEN)]),
+                                      offsets={(TOPIC, 0): 9}, processed_through={(TOPIC, 0): 60}))
+    assert not held.replay_skipped
+    assert sink.committed_offset(TOPIC, 0) == 9
+    assert sorted(current_marks(lake_uri)) == [("100001", "A1", DAY.isoformat(), "AM"),
+                                               ("100002", "B1", DAY.isoformat(), "AM")]
+    replay = sink.write_batch(SinkBatch(sessions=sessions([("100002", "B1", DAY, "AM", "N", ELEVEN)]),
+                                        offsets={(TOPIC, 0): 9}, processed_through={(TOPIC, 0): 9}))
+    assert replay.replay_skipped  # everything it judged is covered by the stored offset

@@ -467,3 +467,20 @@ def test_an_empty_batch_gives_empty_tables():
     assert batch.headers.num_rows == 0 and batch.pupils.num_rows == 0 and batch.marks.num_rows == 0
     assert batch.headers.schema == decode_module.HEADERS_SCHEMA
     assert batch.extra_fields_dropped == 0
+
+
+def test_pupils_and_marks_come_grouped_by_message_in_position_order():
+    messages = [encode(message(urn=f"1000{i:02d}")) for i in range(6)]
+    slow = message()
+    slow["pupils"][1]["sex"] = 7
+    messages[2] = encode(slow)
+    batch = decode_messages(messages)
+    pupils = [(r["msg_index"], r["pupil_position"]) for r in batch.pupils.to_pylist()]
+    marks = [(r["msg_index"], r["pupil_position"], r["mark_position"]) for r in batch.marks.to_pylist()]
+    for rows in (pupils, marks):
+        runs = [m for i, (m, *_) in enumerate(rows) if i == 0 or rows[i - 1][0] != m]
+        assert len(runs) == len(set(runs))  # each message's rows are together
+        for m in set(runs):
+            own = [r[1:] for r in rows if r[0] == m]
+            assert own == sorted(own)
+    assert sorted(pupils) == sorted([(m, p) for m in range(6) for p in range(2) if (m, p) != (2, 1)])

@@ -563,3 +563,31 @@ def test_an_inconsistent_chunk_rejects_every_chunk_of_its_extract_only(per_chunk
 def test_chunks_not_numbered_0_to_count_minus_1_are_rejected():
     got = consistency(*chunks(EXTRACT, 2, chunk_index=[0, 2]))
     assert got == [(0, "MSG_CHUNK_NUMBERING", "chunk_index"), (1, "MSG_CHUNK_NUMBERING", "chunk_index")]
+
+
+def test_records_from_both_decoder_paths_are_judged_alike():
+    # Chunk 1 has a mistyped field, so the decoder reads it the slow way: its rows come after chunk 0's and
+    # sit in other Arrow chunks. Duplicates across the two chunks must still be found.
+    chunk0 = message([pupil(UPNS[0]), pupil(UPNS[1])], chunk_count=2, pupil_count=5)
+    chunk1_pupils = [pupil(UPNS[2], fsm_eligible="Y"), pupil(UPNS[0]),
+                     pupil(UPNS[3], sessions=[mark(code="/"), mark(code="N"), mark(session="PM", code="\\")])]
+    chunk1 = message(chunk1_pupils, chunk_index=1, chunk_count=2, pupil_count=5)
+    decoded = decode_messages([chunk0, chunk1])
+    assert decoded.slow_path_messages == 1
+    faults = decoded.pupil_rejections.to_pylist()
+    assert [(r["msg_index"], r["pupil_position"], r["field"]) for r in faults] == [(1, 0, "fsm_eligible")]
+    result = validate_records(decoded.headers, decoded.pupils, decoded.marks, amendment_window_school_days=7)
+    assert rows(result) == [
+        (0, 0, None, "PUPIL_DUPLICATE_UPN", "pupil", "upn"),
+        (1, 1, None, "PUPIL_DUPLICATE_UPN", "pupil", "upn"),
+        (1, 2, 0, "MARK_DUPLICATE_CONFLICT", "mark", "code"),
+        (1, 2, 1, "MARK_DUPLICATE_CONFLICT", "mark", "code"),
+    ]
+    assert sorted(result.accepted_pupils.column("upn").to_pylist()) == sorted([UPNS[1], UPNS[3]])
+    assert sorted(kept_marks(result)) == sorted([(UPNS[1], EXTRACT_DATE, "AM", "/"),
+                                                 (UPNS[1], EXTRACT_DATE, "PM", "\\"),
+                                                 (UPNS[3], EXTRACT_DATE, "PM", "\\")])
+    assert sorted(result.per_message.to_pylist(), key=lambda r: r["msg_index"]) == [
+        {"msg_index": 0, "extract_id": EXTRACT, "pupils_accepted": 1, "marks_accepted": 2},
+        {"msg_index": 1, "extract_id": EXTRACT, "pupils_accepted": 1, "marks_accepted": 1},
+    ]
