@@ -75,6 +75,19 @@ DELTA_ROWS_WRITTEN = Counter(
     "attendance_delta_rows_written_total", "Rows written (inserted or updated) by table.", ["table"],
     registry=REGISTRY)
 
+FOLD_SECONDS = Histogram(
+    "attendance_fold_seconds", "Duration of one fold of staged rows into attendance_sessions and pupils.",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+FOLDED_ROWS = Counter(
+    "attendance_folded_rows_total", "Staged rows folded into their table (newest wins), by staging table.",
+    ["table"], registry=REGISTRY)
+STAGED_ROWS = Gauge(
+    "attendance_staged_rows", "Rows this process staged since its last fold, by staging table.", ["table"],
+    registry=REGISTRY)
+LAST_FOLD_TIMESTAMP = Gauge(
+    "attendance_last_fold_timestamp_seconds", "Unix time of this process's last completed fold.",
+    registry=REGISTRY)
+
 # --- schools and statistics -------------------------------------------------------------------------
 SCHOOLS_SUBMITTED_TODAY = Gauge(
     "attendance_schools_submitted", "Schools with a complete extract for today, by LA.", ["la_code"],

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
         default=5, ge=1, description="Worker: stop (exit 1) after this many failed batches in a row.")
     batch_max_latency_s: float = Field(
         default=1.0, gt=0, description="Worker: longest wait to fill a batch before committing what it has.")
+    fold_idle_s: float = Field(
+        default=5.0, gt=0, description="Worker: fold staged amendments and pupil records after this long "
+        "without a batch (caught up).")
+    fold_interval_s: float = Field(
+        default=900.0, gt=0, description="Worker: fold at least this often while staged rows wait (bounds how "
+        "stale attendance_sessions and pupils can be).")
+    fold_max_staged_rows: int = Field(
+        default=2_000_000, ge=1, description="Worker: fold once it has staged this many rows (bounds the fold's "
+        "memory).")
 
     # --- Delta lake -----------------------------------------------------------------------------
     lake_uri: str = Field(default="./lake", description="Root of the Delta lake (a path or s3:// URI).")

@@ -754,6 +754,12 @@ def run_aggregation(
             f"no attendance_sessions table under {lake_uri}: nothing to aggregate yet "
             "(run the stream worker first, or check ATTENDANCE_LAKE_URI)"
         )
+    # Amendments and pupil records a worker staged but has not folded yet count from this run on.
+    from storage.sink import DeltaSink
+
+    if DeltaSink(lake_uri, storage_options).fold().sessions.changed:
+        sessions = lake.open(table("attendance_sessions"))
+        assert sessions is not None
     sessions_version = sessions.version()
     optout_frame = _optouts_frame(optouts)
     fingerprint = optouts_fingerprint(optout_frame)

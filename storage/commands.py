@@ -40,6 +40,20 @@ def maintain_command(retention_hours: int) -> None:
         click.echo(line)
 
 
+@lake.command("fold")
+def fold_command() -> None:
+    """MERGE staged amendments and pupil records into attendance_sessions and pupils now (workers and
+    `attendance aggregate` also fold by themselves)."""
+    from storage.sink import DeltaSink
+
+    lake_uri, options = _lake()
+    result = DeltaSink(lake_uri, options).fold()
+    for name, count in (("attendance_sessions", result.sessions), ("pupils", result.pupils)):
+        click.echo(f"{name}: {count.staged:,} staged rows read, {count.changed:,} rows inserted or updated, "
+                   f"{count.removed:,} removed from staging")
+    click.echo(f"fold took {result.seconds:.1f}s ({result.conflicts} commit conflicts retried)")
+
+
 @lake.command("purge")
 @click.option("--urn", required=True, help="The school whose pupil-level data is destroyed.")
 @click.option("--by", "requested_by", default=None, help="Who asked (default: the current user).")

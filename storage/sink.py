@@ -7,18 +7,26 @@ the last Kafka offset processed per (topic, partition). The sink
    ``app_id = f"{prefix}-{topic}-{partition}"``) and skips the batch when Delta already holds an offset
    >= the batch's (a replay after a crash or rebalance: delta-rs accepts a lower version, so the writer
    must check);
-2. MERGEs the batch into pupils, extracts, quarantine and optout_audit (idempotent: newest wins, or
-   insert-if-absent on the key);
-3. commits the sessions MERGE LAST, with the offsets in the SAME Delta commit
+2. appends the batch's pupil records to ``staged_pupils``, and MERGEs extracts, quarantine and
+   optout_audit (small tables; idempotent: newest wins, or insert-if-absent on the key);
+3. splits the session marks by school-day: marks of a school-day the sessions table may already hold
+   (``session_school_days``) are appended to ``staged_sessions``; the others are new to the table and are
+   appended to ``attendance_sessions`` directly, LAST, with the offsets in the SAME Delta commit
    (``CommitProperties(app_transactions=[Transaction(app_id, offset), ...])``).
 
 **The offsets table is ``attendance_sessions``**: every batch ends with one commit to it, carrying its
-offsets, even when the batch has no session rows (then a commit with no data files, only ``txn``
-actions). A crash before step 3 leaves the offset where it was: the batch is re-consumed and every MERGE
-is replayed harmlessly. A crash after step 3 is a replay that step 1 skips.
+offsets, even when the batch has no new school-days (then a commit with no data files, only ``txn``
+actions). A crash before step 3 leaves the offset where it was: the batch is re-consumed, staged rows are
+staged again (a fold keeps one), MERGEs are replayed harmlessly. A crash after step 3 is a replay that
+step 1 skips.
 
-Amendments: one row per (urn, upn, date, session); the newest ``generated_at`` wins, also against a late
-older extract. Within a batch the newest row per key is kept first (column-wise, Polars).
+**Fold** (``DeltaSink.fold``): staged rows are MERGEd into attendance_sessions and pupils, newest
+``generated_at`` wins per key (also against a late older extract), and then removed from staging. A
+MERGE rewrites every Parquet file holding a row it changes, and a day's amendments touch most files of
+the days they amend; folding once per run (or per interval) instead of once per batch keeps that cost
+proportional to the day's data rather than to batches x history. The worker folds when it is idle, at a
+bounded interval and at the end of ``--until-drained``; ``attendance aggregate`` folds before it reads.
+Folding is idempotent, so a crash mid-fold is repaired by the next fold.
 """
 
 from __future__ import annotations
@@ -40,7 +48,17 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from attendance import metrics
 from storage import lake
-from storage.tables import ATTENDANCE_SESSIONS, EXTRACTS, OPTOUT_AUDIT, PUPILS, QUARANTINE, TableContract
+from storage.tables import (
+    ATTENDANCE_SESSIONS,
+    EXTRACTS,
+    OPTOUT_AUDIT,
+    PUPILS,
+    QUARANTINE,
+    SESSION_SCHOOL_DAYS,
+    STAGED_PUPILS,
+    STAGED_SESSIONS,
+    TableContract,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +79,7 @@ _Offsets = dict[TopicPartition, int]
 class _Progress:
     conflicts: int = 0
     table_seconds: dict[str, float] = field(default_factory=dict)
+    staged: dict[str, int] = field(default_factory=dict)  # staging table -> rows appended
 
 
 @dataclass(frozen=True)
@@ -68,7 +87,7 @@ class SinkBatch:
     """What one consumed batch writes. Any table may be None or empty.
 
     sessions: ATTENDANCE_SESSIONS columns (``ingested_at`` optional: the sink sets it at commit).
-    pupils: PUPILS columns (``current_since`` optional: set by the sink when a version becomes current).
+    pupils: PUPILS columns (``current_since`` is set by the fold that makes a version current).
     extracts: EXTRACTS rows, the state of each extract as of this batch (newest ``last_seen_at`` wins).
     quarantine, optout_audit: rows of those tables (inserted once per key; replays add nothing).
     offsets: last processed Kafka offset per (topic, partition) covered by this batch.
@@ -92,11 +111,30 @@ class CommitResult:
     replay_skipped: bool  # Delta already held every offset of the batch: nothing was written
     offsets_committed: dict[TopicPartition, int]  # offsets this batch advanced
     offsets_already_stored: dict[TopicPartition, int]  # (topic, partition) -> offset Delta already held
-    rows_written: dict[str, int]  # table -> rows inserted or updated
+    rows_written: dict[str, int]  # table -> rows inserted or updated (staging tables: rows staged)
     sessions_version: int | None  # Delta version of the sessions+offsets commit
     conflicts: int  # commit conflicts met (all retried)
     seconds: float  # the whole batch
     table_seconds: dict[str, float] = field(default_factory=dict)  # table -> seconds (incl. retries)
+
+
+@dataclass(frozen=True)
+class FoldCount:
+    """One staging table's fold."""
+
+    staged: int  # staged rows read (duplicates of a replay included)
+    changed: int  # rows inserted or updated in the target table
+    removed: int  # rows removed from staging
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """What ``DeltaSink.fold`` did."""
+
+    sessions: FoldCount
+    pupils: FoldCount
+    conflicts: int
+    seconds: float
 
 
 class DeltaCommitError(RuntimeError):
@@ -219,7 +257,7 @@ class DeltaSink:
         started = time.perf_counter()
         progress = _Progress()
         offsets_table = self._table(OFFSETS_TABLE, refresh=True)
-        advancing, stored = self._stored_offsets(offsets_table, batch.offsets)
+        _, stored = self._stored_offsets(offsets_table, batch.offsets)
         if _replay(batch, stored):
             log.info("replayed batch skipped: Delta already holds offsets %s", stored)
             return CommitResult(True, {}, stored, {}, None, 0, time.perf_counter() - started)
@@ -227,7 +265,11 @@ class DeltaSink:
         now = self._clock()
         rows_written: dict[str, int] = {}
         if _has_rows(batch.pupils):
-            rows_written[PUPILS.name] = self._merge_pupils(batch.pupils, now, advancing, progress)
+            assert batch.pupils is not None
+            staged = dedupe_newest(lake.conform(batch.pupils.drop_columns(
+                [c for c in ("current_since",) if c in batch.pupils.column_names]), STAGED_PUPILS),
+                PUPILS.key, "generated_at")
+            self._append(STAGED_PUPILS, staged, progress)
         if _has_rows(batch.extracts):
             rows_written[EXTRACTS.name] = self._merge_extracts(batch.extracts, progress)
         if _has_rows(batch.quarantine):
@@ -238,9 +280,10 @@ class DeltaSink:
         sessions_rows, version, committed, already = self._commit_sessions_and_offsets(
             batch.sessions, batch.offsets, now, progress)
         rows_written[ATTENDANCE_SESSIONS.name] = sessions_rows
+        rows_written.update(progress.staged)
         stored.update(already)
         return CommitResult(
-            replay_skipped=bool(batch.offsets) and not committed and sessions_rows == 0,
+            replay_skipped=bool(batch.offsets) and not committed and sessions_rows == 0 and not progress.staged,
             offsets_committed=committed, offsets_already_stored=stored, rows_written=rows_written,
             sessions_version=version, conflicts=progress.conflicts, seconds=time.perf_counter() - started,
             table_seconds=progress.table_seconds,
@@ -252,13 +295,14 @@ class DeltaSink:
     ) -> tuple[int, int | None, _Offsets, _Offsets]:
         """The batch's last commit: its offsets, with its session rows of school-days new to the table.
 
-        Rows of a (urn, date) the table already holds (second extract of a day, amendments of earlier
-        days) are MERGEd first (newest generated_at wins; idempotent, no offsets). Rows of a (urn, date)
-        the table does not hold yet cannot match anything, so they are appended: no scan of the day's
-        partition, and the append carries the offsets. Two writers can only race on the same school if
-        they consume the same Kafka partition (extracts are keyed by URN), and then they commit the same
-        app_id, which delta-rs refuses to commit twice concurrently: the loser retries, sees the school-day
-        present and MERGEs instead. So no key is ever stored twice.
+        Rows of a school-day the table may already hold (second extract of a day, amendments of earlier
+        days) are staged for the next fold. Rows of a school-day it cannot hold yet cannot match anything,
+        so they are appended, with the offsets: no scan of the day's files. Their school-days are recorded
+        in ``session_school_days`` first, so that whatever writes next stages rather than appends. Two
+        writers can only race on the same school if they consume the same Kafka partition (extracts are
+        keyed by URN), and then they commit the same app_id, which delta-rs refuses to commit twice
+        concurrently: the loser retries, finds the school-day recorded and stages instead. So no key is
+        ever stored twice.
         """
         source = None
         if _has_rows(sessions):
@@ -266,7 +310,6 @@ class DeltaSink:
             source = dedupe_newest(
                 lake.conform(sessions, ATTENDANCE_SESSIONS, fill={"ingested_at": now}),
                 ATTENDANCE_SESSIONS.key, "generated_at")
-            source_school_days = _school_day_keys(source)
 
         def attempt() -> tuple[int, int | None, _Offsets, _Offsets]:
             delta = self._table(ATTENDANCE_SESSIONS, refresh=True)
@@ -279,24 +322,18 @@ class DeltaSink:
             written = 0
             offsets_written = not advancing
             if source is not None:
-                present = pc.is_in(source_school_days, value_set=self._present_school_days(delta, source))
+                keys = _school_day_keys(source)
+                present = pc.is_in(keys, value_set=self._recorded_school_days(source))
                 known, fresh = source.filter(present), source.filter(pc.invert(present))
                 if known.num_rows:
-                    result = (
-                        delta.merge(known, _sessions_merge_predicate(known), source_alias="s",
-                                    target_alias="t")
-                        .when_matched_update_all(predicate="s.generated_at > t.generated_at")
-                        .when_not_matched_insert_all()
-                        .execute()
-                    )
-                    written += _rows_changed(result)
+                    self._append(STAGED_SESSIONS, known, progress)
                 if fresh.num_rows:
+                    self._record_school_days(fresh, progress)
                     write_deltalake(delta, fresh, mode="append", commit_properties=properties)
                     written += fresh.num_rows
                     offsets_written = True
             if not offsets_written:
-                # No new school-day rows: commit the offsets alone, as a commit with no data files
-                # (a MERGE that changes nothing commits nothing in delta-rs, so it cannot carry them).
+                # No new school-day rows: commit the offsets alone, as a commit with no data files.
                 delta.create_write_transaction(
                     [], mode="append", schema=ATTENDANCE_SESSIONS.schema,
                     partition_by=list(ATTENDANCE_SESSIONS.partition_by), commit_properties=properties)
@@ -308,59 +345,167 @@ class DeltaSink:
         metrics.DELTA_ROWS_WRITTEN.labels(table=ATTENDANCE_SESSIONS.name).inc(written)
         return written, version, committed, already
 
-    @staticmethod
-    def _present_school_days(delta: DeltaTable, source: pa.Table) -> pa.Array:
-        """``urn|date`` of the source's school-days that the table already holds (partition-pruned query)."""
-        query = (
-            "SELECT DISTINCT urn, date FROM sessions WHERE "
-            f"{lake.in_list('date', source.column('date').cast(pa.string()))} "
-            f"AND {lake.in_list('urn', source.column('urn'))}"
-        )
-        present = pa.table(QueryBuilder().register("sessions", delta).execute(query).read_all())
-        return _school_day_keys(present).combine_chunks() if present.num_rows else pa.array([], pa.string())
+    def _recorded_school_days(self, source: pa.Table) -> pa.Array:
+        """``urn|date`` of the source's school-days recorded in ``session_school_days`` (partition-pruned)."""
+        delta = self._table(SESSION_SCHOOL_DAYS, refresh=True)
+        dates = lake.in_list("date", source.column("date").cast(pa.string()))
+        recorded = pa.table(QueryBuilder().register("days", delta)
+                            .execute(f"SELECT urn, date FROM days WHERE {dates}").read_all())
+        return _school_day_keys(recorded).combine_chunks() if recorded.num_rows else pa.array([], pa.string())
 
-    def _merge_pupils(self, pupils: pa.Table, now: datetime, fence: Mapping[TopicPartition, int],
-                      progress: _Progress) -> int:
-        """Newest generated_at wins per (urn, upn). Pupils of schools the table does not hold yet are
-        appended (nothing to match); the append carries the batch's app_ids as ``txn`` so that two writers
-        of the same Kafka partition cannot both append the same school (the second commit conflicts,
-        retries, finds the school present and MERGEs). Those ``txn`` versions are never read."""
-        source = dedupe_newest(lake.conform(pupils, PUPILS, fill={"current_since": now}),
-                               PUPILS.key, "generated_at")
-        changed = " OR ".join(f"(t.{name} IS DISTINCT FROM s.{name})" for name in PUPIL_CHARACTERISTICS)
-        newer = "s.generated_at > t.generated_at"
-        properties = CommitProperties(
-            app_transactions=[Transaction(self.app_id(t, p), o) for (t, p), o in fence.items()])
+    def _record_school_days(self, rows: pa.Table, progress: _Progress) -> None:
+        """Record the school-days of ``rows`` before the rows themselves are committed (blind append:
+        a school-day recorded twice is harmless, one never recorded is not)."""
+        days = pl.from_arrow(rows.select(["urn", "date"]))
+        assert isinstance(days, pl.DataFrame)
+        self._append(SESSION_SCHOOL_DAYS, days.unique().to_arrow(), progress, count=False)
+
+    def _append(self, contract: TableContract, data: pa.Table, progress: _Progress, *, count: bool = True) -> int:
+        """A blind append (no read, no conflict with other appends)."""
+        rows = lake.conform(data, contract)
 
         def attempt() -> int:
-            delta = self._table(PUPILS, refresh=True)
-            query = f"SELECT DISTINCT urn FROM pupils WHERE {lake.in_list('urn', source.column('urn'))}"
-            present_urns = pa.table(QueryBuilder().register("pupils", delta).execute(query).read_all())
-            present = pc.is_in(source.column("urn"), value_set=present_urns.column("urn").cast(pa.string()))
-            known, fresh = source.filter(present), source.filter(pc.invert(present))
-            written = 0
-            if known.num_rows:
-                predicate = f"{_equal_match(PUPILS.key)} AND {lake.in_list('t.urn', known.column('urn'))}"
-                result = (
-                    delta.merge(known, predicate, source_alias="s", target_alias="t")
-                    # A newer extract with different characteristics: a new version, current from now.
-                    .when_matched_update_all(predicate=f"{newer} AND ({changed})")
-                    # A newer extract saying the same: only the provenance moves (newest wins stays exact).
-                    .when_matched_update(
-                        updates={"extract_id": "s.extract_id", "generated_at": "s.generated_at"},
-                        predicate=newer)
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
-                written += _rows_changed(result)
-            if fresh.num_rows:
-                write_deltalake(delta, fresh, mode="append", commit_properties=properties)
-                written += fresh.num_rows
-            return written
+            write_deltalake(self._table(contract, refresh=True), rows, mode="append")
+            return rows.num_rows
+
+        written = self._with_retries(contract, attempt, progress)
+        if count:
+            metrics.DELTA_ROWS_WRITTEN.labels(table=contract.name).inc(written)
+            if contract in (STAGED_SESSIONS, STAGED_PUPILS):
+                metrics.STAGED_ROWS.labels(table=contract.name).inc(written)
+                progress.staged[contract.name] = progress.staged.get(contract.name, 0) + written
+        return written
+
+    # --- fold ----------------------------------------------------------------------------------------
+
+    def fold(self) -> FoldResult:
+        """MERGE every staged row into attendance_sessions and pupils (newest wins), then remove the folded
+        rows from staging. Idempotent; safe alongside workers (rows staged meanwhile wait for the next
+        fold). Thread-safe."""
+        with self._lock:
+            started = time.perf_counter()
+            progress = _Progress()
+            now = self._clock()
+            sessions = self._fold_sessions(progress)
+            pupils = self._fold_pupils(now, progress)
+            seconds = time.perf_counter() - started
+            metrics.FOLD_SECONDS.observe(seconds)
+            metrics.LAST_FOLD_TIMESTAMP.set(time.time())
+            for contract in (STAGED_SESSIONS, STAGED_PUPILS):
+                metrics.STAGED_ROWS.labels(table=contract.name).set(0)
+            return FoldResult(sessions, pupils, progress.conflicts, seconds)
+
+    def staged_rows(self) -> int:
+        """Rows waiting in staging (all writers')."""
+        with self._lock:
+            return sum(_row_count(self._table(contract, refresh=True))
+                       for contract in (STAGED_SESSIONS, STAGED_PUPILS))
+
+    def _snapshot(self, contract: TableContract) -> tuple[DeltaTable, pa.Table]:
+        """A staging table's current version, as its own DeltaTable object (never refreshed: see
+        ``_remove_staged``) and its rows."""
+        delta = lake.ensure_table(contract, self.lake_uri, self.storage_options)
+        return delta, delta.to_pyarrow_table()
+
+    def _fold_sessions(self, progress: _Progress) -> FoldCount:
+        snapshot, staged = self._snapshot(STAGED_SESSIONS)
+        if not staged.num_rows:
+            return FoldCount(0, 0, 0)
+        source = dedupe_newest(staged, ATTENDANCE_SESSIONS.key, "generated_at")
+        self._record_school_days(source, progress)
+        # The dates as literals: concurrent MERGEs into other days never conflict, and the scan is pruned to
+        # the days amended (stack notes).
+        predicate = f"{_equal_match(ATTENDANCE_SESSIONS.key)} AND " + lake.in_list(
+            "t.date", source.column("date").cast(pa.string()))
+
+        def attempt() -> int:
+            result = (
+                self._table(ATTENDANCE_SESSIONS, refresh=True)
+                .merge(source, predicate, source_alias="s", target_alias="t")
+                .when_matched_update_all(predicate="s.generated_at > t.generated_at")
+                .when_not_matched_insert_all()
+                .execute()
+            )
+            return _rows_changed(result)
+
+        changed = self._with_retries(ATTENDANCE_SESSIONS, attempt, progress)
+        metrics.DELTA_ROWS_WRITTEN.labels(table=ATTENDANCE_SESSIONS.name).inc(changed)
+        removed = self._remove_staged(STAGED_SESSIONS, snapshot, staged, progress)
+        metrics.FOLDED_ROWS.labels(table=STAGED_SESSIONS.name).inc(removed)
+        return FoldCount(staged.num_rows, changed, removed)
+
+    def _fold_pupils(self, now: datetime, progress: _Progress) -> FoldCount:
+        """Newest generated_at wins per (urn, upn): a newer record with different characteristics is a new
+        version, current from this fold; a newer record saying the same moves only the provenance (so that a
+        late older extract can never win)."""
+        snapshot, staged = self._snapshot(STAGED_PUPILS)
+        if not staged.num_rows:
+            return FoldCount(0, 0, 0)
+        source = dedupe_newest(lake.conform(staged.drop_columns(["current_since"]), PUPILS,
+                                            fill={"current_since": now}), PUPILS.key, "generated_at")
+        changed = " OR ".join(f"(t.{name} IS DISTINCT FROM s.{name})" for name in PUPIL_CHARACTERISTICS)
+        newer = "s.generated_at > t.generated_at"
+
+        def attempt() -> int:
+            result = (
+                self._table(PUPILS, refresh=True)
+                .merge(source, _equal_match(PUPILS.key), source_alias="s", target_alias="t")
+                .when_matched_update_all(predicate=f"{newer} AND ({changed})")
+                .when_matched_update(
+                    updates={"extract_id": "s.extract_id", "generated_at": "s.generated_at"}, predicate=newer)
+                .when_not_matched_insert_all()
+                .execute()
+            )
+            return _rows_changed(result)
 
         written = self._with_retries(PUPILS, attempt, progress)
         metrics.DELTA_ROWS_WRITTEN.labels(table=PUPILS.name).inc(written)
-        return written
+        removed = self._remove_staged(STAGED_PUPILS, snapshot, staged, progress)
+        metrics.FOLDED_ROWS.labels(table=STAGED_PUPILS.name).inc(removed)
+        return FoldCount(staged.num_rows, written, removed)
+
+    def _remove_staged(self, contract: TableContract, snapshot: DeltaTable, folded: pa.Table,
+                       progress: _Progress) -> int:
+        """Remove the folded rows from staging.
+
+        Fast path: a DELETE without predicate through the snapshot the rows were read from removes exactly
+        that version's files (delta-rs does not refresh the snapshot: files appended since are kept;
+        ``test_rows_staged_during_a_fold_wait_for_the_next_one`` pins this). When that commit conflicts (a
+        purge or another fold rewrote staging meanwhile), the exact rows are deleted by key and extract.
+        """
+        started = time.perf_counter()
+        try:
+            removed = int(snapshot.delete()["num_deleted_rows"])
+        except Exception as exc:
+            if not _is_conflict(exc):
+                raise
+            progress.conflicts += 1
+            metrics.DELTA_COMMIT_CONFLICTS.labels(table=contract.name).inc()
+            return self._remove_staged_rows(contract, folded, progress)
+        metrics.DELTA_COMMIT_SECONDS.labels(table=contract.name).observe(time.perf_counter() - started)
+        return removed
+
+    def _remove_staged_rows(self, contract: TableContract, folded: pa.Table, progress: _Progress) -> int:
+        """Delete exactly the folded rows (by key and extract) from staging. A row staged meanwhile by a
+        replay of the same extract matches too: it was folded as well (same mark, same extract)."""
+        keys = contract.key + ("extract_id",)
+        source = pl.from_arrow(folded.select(list(keys)))
+        assert isinstance(source, pl.DataFrame)
+        source_table = source.unique().to_arrow()
+        predicate = _null_safe_match(keys)
+        if "date" in contract.partition_by:
+            predicate += " AND " + lake.in_list("t.date", source_table.column("date").cast(pa.string()))
+
+        def attempt() -> int:
+            result = (
+                self._table(contract, refresh=True)
+                .merge(source_table, predicate, source_alias="s", target_alias="t")
+                .when_matched_delete()
+                .execute()
+            )
+            return int(result["num_target_rows_deleted"])
+
+        return self._with_retries(contract, attempt, progress)
 
     def _merge_extracts(self, extracts: pa.Table, progress: _Progress) -> int:
         source = dedupe_newest(lake.conform(extracts, EXTRACTS), EXTRACTS.key, "last_seen_at")
@@ -451,18 +596,14 @@ def _school_day_keys(data: pa.Table) -> pa.ChunkedArray:
     return pc.binary_join_element_wise(urn, data.column("date").cast(pa.string()), "|")
 
 
-def _sessions_merge_predicate(source: pa.Table) -> str:
-    return " AND ".join([
-        _equal_match(ATTENDANCE_SESSIONS.key),
-        # Literal partition values and URNs: concurrent MERGEs into other days never conflict, and the
-        # target scan and the conflict check are pruned to these files (stack notes).
-        lake.in_list("t.date", source.column("date").cast(pa.string())),
-        lake.in_list("t.urn", source.column("urn")),
-    ])
-
-
 def _rows_changed(merge_metrics: Mapping[str, Any]) -> int:
     return int(merge_metrics["num_target_rows_inserted"]) + int(merge_metrics["num_target_rows_updated"])
+
+
+def _row_count(delta: DeltaTable) -> int:
+    """Rows in the table's current version, from the Delta log's file statistics (no data read)."""
+    actions = pa.table(delta.get_add_actions(flatten=True))
+    return int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
 
 
 def _has_rows(data: pa.Table | None) -> bool:

@@ -126,6 +126,48 @@ PUPILS = TableContract(
     pupil_level=True,
 )
 
+# Staging: the worker appends here what would otherwise be a MERGE per batch (marks of school-days the
+# sessions table already holds, and every pupil record); ``storage.sink.DeltaSink.fold`` MERGEs them into
+# attendance_sessions and pupils, newest wins, and removes what it folded. A MERGE rewrites every file it
+# touches, and amendments touch most files of their day: one MERGE per fold instead of one per batch keeps
+# the cost of a day's writes proportional to the day, not to batches x history (docs/tables.md).
+STAGED_SESSIONS = TableContract(
+    name="staged_sessions",
+    zone=Zone.RESTRICTED,
+    schema=ATTENDANCE_SESSIONS.schema,
+    partition_by=("date",),
+    key=("urn", "upn", "date", "session", "generated_at"),
+    purpose="Marks awaiting the next fold into attendance_sessions: amendments of earlier days and repeated "
+            "extracts of a school-day already stored. Empty after a fold.",
+    pupil_level=True,
+)
+
+STAGED_PUPILS = TableContract(
+    name="staged_pupils",
+    zone=Zone.RESTRICTED,
+    schema=PUPILS.schema,
+    partition_by=(),
+    key=("urn", "upn", "generated_at"),
+    purpose="Pupil records awaiting the next fold into pupils (current_since is set by the fold). Empty after "
+            "a fold.",
+    pupil_level=True,
+)
+
+SESSION_SCHOOL_DAYS = TableContract(
+    name="session_school_days",
+    zone=Zone.RESTRICTED,
+    schema=pa.schema([
+        _field("urn", pa.string(), "School URN", nullable=False),
+        _field("date", pa.date32(), "Register day", nullable=False),
+    ]),
+    partition_by=("date",),
+    key=("urn", "date"),
+    purpose="Every school-day attendance_sessions may hold, written before the rows themselves: the sink appends "
+            "a school-day's marks without a MERGE only when it is not here. May hold a school-day the sessions "
+            "table does not (a crash between the two commits), never the reverse.",
+    pupil_level=False,
+)
+
 EXTRACTS = TableContract(
     name="extracts",
     zone=Zone.RESTRICTED,
@@ -221,7 +263,8 @@ DESTRUCTION_LOG = TableContract(
 )
 
 TABLES: dict[str, TableContract] = {
-    t.name: t for t in (SCHOOLS, ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, DESTRUCTION_LOG)
+    t.name: t for t in (SCHOOLS, ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, DESTRUCTION_LOG,
+                        STAGED_SESSIONS, STAGED_PUPILS, SESSION_SCHOOL_DAYS)
 }
 
 

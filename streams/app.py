@@ -25,11 +25,45 @@ from attendance.broker import bootstrap_servers
 from attendance.settings import Settings
 from storage.lake import ensure_table, storage_options
 from storage.sink import DeltaSink
-from storage.tables import ATTENDANCE_SESSIONS, DESTRUCTION_LOG, EXTRACTS, OPTOUT_AUDIT, PUPILS, QUARANTINE
+from storage.tables import (
+    ATTENDANCE_SESSIONS,
+    DESTRUCTION_LOG,
+    EXTRACTS,
+    OPTOUT_AUDIT,
+    PUPILS,
+    QUARANTINE,
+    SESSION_SCHOOL_DAYS,
+    STAGED_PUPILS,
+    STAGED_SESSIONS,
+)
 from streams.optouts import OptOutRegister
 from streams.processor import BatchOutcome, BatchProcessor, ProcessorConfig, RawRecord
 
 log = logging.getLogger(__name__)
+
+
+def tolerate_fetch_rebalance_race() -> None:
+    """Faust runs aiokafka's consumer in its own thread; a rebalance there can remove a partition's buffered
+    fetch while ``Fetcher.fetched_records`` iterates, and the ``KeyError`` stops the whole worker
+    (robinhood/aiokafka#19, seen here with two workers sharing a topic). Such a call returns nothing
+    instead. Safe here: records it had already taken from the buffer are missed by this worker, and
+    ``ExtractWorker._in_sequence`` sees the offset gap and seeks back, so nothing is skipped."""
+    from aiokafka.consumer.fetcher import Fetcher
+
+    original = Fetcher.fetched_records
+    if getattr(original, "_tolerates_rebalance_race", False):
+        return
+
+    async def fetched_records(self: Any, partitions: Any, timeout: float = 0, max_records: int | None = None
+                              ) -> dict:
+        try:
+            return await original(self, partitions, timeout, max_records)
+        except KeyError as exc:
+            log.info("a rebalance removed partition %s's buffered fetch mid-read; fetching again", exc)
+            return {}
+
+    fetched_records._tolerates_rebalance_race = True  # type: ignore[attr-defined]
+    Fetcher.fetched_records = fetched_records  # type: ignore[method-assign]
 
 
 @dataclass
@@ -42,6 +76,9 @@ class WorkerState:
     assigned: set[tuple[str, int]] = field(default_factory=set)
     batches: int = 0
     last_batch_at: float = field(default_factory=time.monotonic)
+    last_record_at: float = field(default_factory=time.monotonic)  # last batch with records (not reset by seeks)
+    staged_since_fold: int = 0  # rows this worker staged since its last fold
+    last_fold_at: float = field(default_factory=time.monotonic)
 
 
 class ExtractWorker:
@@ -54,7 +91,8 @@ class ExtractWorker:
         self.until_drained = until_drained
         self.bootstrap = bootstrap_servers(settings)
         self.sink = DeltaSink(settings.lake_uri, storage_options(settings), app_id_prefix="attendance-sink")
-        for contract in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, DESTRUCTION_LOG):
+        for contract in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, DESTRUCTION_LOG,
+                         STAGED_SESSIONS, STAGED_PUPILS, SESSION_SCHOOL_DAYS):
             ensure_table(contract, settings.lake_uri, storage_options(settings))  # analysts find every table
         self.processor = BatchProcessor(read_register(settings.lake_uri), ProcessorConfig(
             max_age_days=settings.extract_max_age_days,
@@ -72,6 +110,7 @@ class ExtractWorker:
         self.assignment_ready = asyncio.Event()
         self.consecutive_failures = 0
         self.failure: Exception | None = None
+        self._fold_task: asyncio.Future | None = None
         from attendance.http import Readiness
 
         self.readiness = Readiness()
@@ -79,6 +118,7 @@ class ExtractWorker:
     # --- Faust wiring ------------------------------------------------------------------------------------
     def _build_app(self) -> faust.App:
         settings = self.settings
+        tolerate_fetch_rebalance_race()
         (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
         app = faust.App(
             settings.consumer_group,
@@ -195,10 +235,32 @@ class ExtractWorker:
                 await self.app.consumer._commit(committed)
             self._observe(outcome, time.perf_counter() - started, len(fresh))
             self.state.batches += 1
-            self.state.last_batch_at = time.monotonic()
+            self.state.last_batch_at = self.state.last_record_at = time.monotonic()
+            self.state.staged_since_fold += sum(
+                result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS))
             log.info("batch: %d messages, %d pupils accepted, %d marks accepted, offsets %s (%s)",
                      len(fresh), outcome.pupils_accepted, outcome.marks_accepted,
                      dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
+            if self.state.staged_since_fold >= self.settings.fold_max_staged_rows:
+                await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")
+
+    def fold_due(self, now: float) -> str | None:
+        return fold_reason(self.state.staged_since_fold, now - self.state.last_record_at,
+                           now - self.state.last_fold_at, self.settings)
+
+    async def _fold(self, why: str) -> None:
+        """MERGE staged rows into attendance_sessions and pupils (storage.sink). A failed fold loses nothing:
+        the rows stay staged for the next fold (and `attendance aggregate` folds before it reads)."""
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(None, self.sink.fold)
+        except Exception as exc:  # noqa: BLE001 - retried at the next fold; never stop the worker over it
+            log.error("fold (%s) failed, staged rows wait for the next one: %s: %s", why, type(exc).__name__, exc)
+            return
+        self.state.staged_since_fold = 0
+        self.state.last_fold_at = time.monotonic()
+        log.info("fold (%s): %d staged marks, %d staged pupil records folded in %.1fs", why,
+                 result.sessions.removed, result.pupils.removed, result.seconds)
 
     async def _unstall(self, highwaters: dict[TP, int]) -> None:
         """A partition with unprocessed records and nothing arriving for a while is re-seeked to where
@@ -307,7 +369,19 @@ class ExtractWorker:
             caught_up = all(self.state.next_offset.get(tp, 0) >= end for tp, end in self.state.end_offsets.items())
             if caught_up and not self._lock.locked() and await self._others_covered():
                 log.info("drained: every partition of the topic processed to its end offset")
+                async with self._lock:
+                    await self._fold("drained")  # every worker folds last: the last one leaves staging empty
                 self.drained.set()
+                return
+        why = self.fold_due(time.monotonic())
+        if why and not self._lock.locked() and (self._fold_task is None or self._fold_task.done()):
+            # A task, so that heartbeats and lag keep being reported while a long fold runs.
+            self._fold_task = asyncio.ensure_future(self._fold_under_lock(why))
+
+    async def _fold_under_lock(self, why: str) -> None:
+        async with self._lock:
+            if self.fold_due(time.monotonic()):  # a batch may have folded meanwhile
+                await self._fold(why)
 
     async def _others_covered(self) -> bool:
         """Partitions this worker does not hold are done only when Delta's offsets cover them: a member that
@@ -320,6 +394,19 @@ class ExtractWorker:
             if committed is None or committed + 1 < end:
                 return False
         return True
+
+
+def fold_reason(staged_rows: int, idle_s: float, since_fold_s: float, settings: Settings) -> str | None:
+    """Why a worker should fold its staged rows now, or None: it is caught up (no batch for
+    ``fold_idle_s``), or rows have waited ``fold_interval_s``. (A batch that reaches
+    ``fold_max_staged_rows`` folds at once.)"""
+    if staged_rows <= 0:
+        return None
+    if idle_s >= settings.fold_idle_s:
+        return "idle"
+    if since_fold_s >= settings.fold_interval_s:
+        return "interval"
+    return None
 
 
 def run_worker(settings: Settings, *, until_drained: bool = False, loglevel: str = "warning") -> int:

@@ -188,8 +188,9 @@ class WorkerProcess:
             raise AssertionError(f"scraping {self.base}/metrics failed: {exc!r}\n{self.log_tail()}") from exc
 
     def settle(self, expected_messages: int, timeout: float) -> tuple[Samples, list[float]]:
-        """Scrape until every sent message is judged and lag is 0, or (if a counter is wrong) until the
-        accepted counters and lag have not moved for 5 s. Returns the last scrape and every consumed value."""
+        """Scrape until every sent message is judged, lag is 0 and the worker has folded what it staged, or
+        (if a counter is wrong) until the accepted counters and lag have not moved for 5 s. Returns the last
+        scrape and every consumed value."""
         deadline = time.monotonic() + timeout
         consumed_seen: list[float] = []
         stable_since, last_key = time.monotonic(), None
@@ -199,11 +200,13 @@ class WorkerProcess:
             consumed = total(samples, "attendance_messages_consumed_total")
             consumed_seen.append(consumed)
             lag = total(samples, "attendance_consumer_lag_messages")
+            staged = total(samples, "attendance_staged_rows")  # folded into the tables once caught up
             key = (consumed, total(samples, "attendance_session_marks_accepted_total"),
-                   total(samples, "attendance_pupil_records_accepted_total"), lag)
+                   total(samples, "attendance_pupil_records_accepted_total"), lag, staged)
             if key != last_key:
                 stable_since, last_key = time.monotonic(), key
-            if lag == 0 and (consumed >= expected_messages or time.monotonic() - stable_since >= 5.0):
+            settled = consumed >= expected_messages or time.monotonic() - stable_since >= 5.0
+            if lag == 0 and staged == 0 and settled:
                 return samples, consumed_seen
             time.sleep(0.25)
         raise AssertionError(f"worker did not settle within {timeout:.0f}s (last {last_key}):\n{self.log_tail()}")

@@ -17,7 +17,7 @@ import pytest
 from storage import lake
 from storage.destruction import purge_school, verify_destroyed
 from storage.sink import DeltaSink, SinkBatch
-from storage.tables import ATTENDANCE_SESSIONS, PUPILS
+from storage.tables import ATTENDANCE_SESSIONS, PUPILS, STAGED_SESSIONS
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +116,9 @@ def test_write_amend_and_offset_round_trip_on_s3(s3_lake: tuple[str, dict[str, s
 
     assert replay.replay_skipped
     assert DeltaSink(lake_uri, options).committed_offset(TOPIC, 0) == 11
+    folded = sink.fold()  # the amendment was staged; the fold MERGEs it and empties staging on S3 too
+    assert (folded.sessions.changed, folded.sessions.removed) == (1, 1)
+    assert lake.read_table(STAGED_SESSIONS, lake_uri, storage_options=options).num_rows == 0
     rows = lake.read_table(ATTENDANCE_SESSIONS, lake_uri, storage_options=options).sort_by("upn").to_pylist()
     assert [(r["upn"], r["code"], r["generated_at"]) for r in rows] == [("A1", "N", eleven), ("A2", "/", ten)]
 

@@ -14,7 +14,7 @@ from attendance.errors import UserFacingError
 from storage import lake
 from storage.destruction import apply_retention, purge_school, retention_cutoff, verify_destroyed
 from storage.sink import DeltaSink, SinkBatch
-from storage.tables import ATTENDANCE_SESSIONS, DESTRUCTION_LOG, PUPILS, QUARANTINE
+from storage.tables import ATTENDANCE_SESSIONS, DESTRUCTION_LOG, PUPILS, QUARANTINE, STAGED_PUPILS, STAGED_SESSIONS
 
 TOPIC = "attendance.extracts.v1"
 GONE, KEPT = "100001", "100002"
@@ -58,6 +58,9 @@ def quarantined(urn: str, offset: int, at: datetime) -> pa.Table:
     )
 
 
+PUPIL_LEVEL = {"attendance_sessions", "pupils", "quarantine", "staged_sessions", "staged_pupils"}
+
+
 @pytest.fixture
 def lake_uri(tmp_path: Path) -> str:
     uri = str(tmp_path / "lake")
@@ -75,6 +78,7 @@ def lake_uri(tmp_path: Path) -> str:
                 )
             )
             offset += 1
+    sink.fold()
     return uri
 
 
@@ -90,7 +94,7 @@ def test_purge_removes_the_schools_rows_and_files_and_time_travel_cannot_read_th
     records = purge_school(GONE, lake_uri, requested_by="dpo@example.org", reason="school opted out")
 
     by_table = {r.table_name: r for r in records}
-    assert set(by_table) == {"attendance_sessions", "pupils", "quarantine"}  # every pupil-level table
+    assert set(by_table) == PUPIL_LEVEL  # every pupil-level table, staging included
     assert (by_table["attendance_sessions"].rows_deleted, by_table["pupils"].rows_deleted) == (12, 3)
     assert by_table["quarantine"].rows_deleted == 2
     assert by_table["attendance_sessions"].files_removed >= 2
@@ -106,7 +110,7 @@ def test_purge_removes_the_schools_rows_and_files_and_time_travel_cannot_read_th
 def test_purge_writes_one_destruction_log_row_per_table(lake_uri: str) -> None:
     purge_school(GONE, lake_uri, requested_by="dpo@example.org", reason="school opted out")
     logged = lake.read_table(DESTRUCTION_LOG, lake_uri).to_pylist()
-    assert sorted(r["table_name"] for r in logged) == ["attendance_sessions", "pupils", "quarantine"]
+    assert sorted(r["table_name"] for r in logged) == sorted(PUPIL_LEVEL)
     assert {(r["action"], r["urn"], r["requested_by"], r["reason"]) for r in logged} == {
         ("purge", GONE, "dpo@example.org", "school opted out")
     }
@@ -123,11 +127,7 @@ def test_verify_destroyed_is_false_before_and_true_after_a_purge(lake_uri: str) 
     purge_school(GONE, lake_uri, requested_by="dpo", reason="opt-out")
     after = verify_destroyed(GONE, lake_uri)
     assert after.destroyed, after
-    assert after.files_scanned > 0 and set(after.rows_remaining) == {
-        "attendance_sessions",
-        "pupils",
-        "quarantine",
-    }
+    assert after.files_scanned > 0 and set(after.rows_remaining) == PUPIL_LEVEL
     assert not verify_destroyed(KEPT, lake_uri).destroyed
 
 
@@ -186,6 +186,7 @@ def test_apply_retention_destroys_expired_academic_years_only(tmp_path: Path) ->
             offsets={(TOPIC, 0): 0},
         )
     )
+    sink.fold()
     version_before = DeltaTable(ATTENDANCE_SESSIONS.path(uri)).version()
 
     records = apply_retention(uri, today=date(2026, 11, 20), retention_years=3)
@@ -228,3 +229,18 @@ def test_retention_predicates_per_column_type() -> None:
     )  # 2022/23
     # the academic year ends at midnight in England: 1 September 00:00 BST is 31 August 23:00 UTC
     assert retention_predicate(contract, "seen", cutoff) == "seen < '2023-08-31T23:00:00Z'"
+
+
+def test_purge_destroys_rows_still_staged_for_a_fold_and_a_later_fold_cannot_bring_them_back(lake_uri: str) -> None:
+    sink = DeltaSink(lake_uri)
+    amended_at = datetime(2026, 11, 18, 16, tzinfo=UTC)
+    sink.write_batch(SinkBatch(sessions=marks(GONE, [date(2026, 11, 16)], amended_at),
+                               pupils=roll(GONE, amended_at), offsets={(TOPIC, 0): 10}))
+    assert rows_of(GONE, lake_uri, STAGED_SESSIONS) == 6 and rows_of(GONE, lake_uri, STAGED_PUPILS) == 3
+
+    purge_school(GONE, lake_uri, requested_by="dpo@example.org", reason="school opted out")
+    sink.fold()
+
+    for contract in (ATTENDANCE_SESSIONS, PUPILS, STAGED_SESSIONS, STAGED_PUPILS):
+        assert rows_of(GONE, lake_uri, contract) == 0, contract.name
+    assert verify_destroyed(GONE, lake_uri).destroyed

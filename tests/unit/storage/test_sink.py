@@ -14,7 +14,15 @@ from deltalake import DeltaTable
 
 from storage import lake
 from storage.sink import DeltaSink, SinkBatch, dedupe_newest
-from storage.tables import ATTENDANCE_SESSIONS, EXTRACTS, OPTOUT_AUDIT, PUPILS, QUARANTINE
+from storage.tables import (
+    ATTENDANCE_SESSIONS,
+    EXTRACTS,
+    OPTOUT_AUDIT,
+    PUPILS,
+    QUARANTINE,
+    STAGED_PUPILS,
+    STAGED_SESSIONS,
+)
 
 TOPIC = "attendance.extracts.v1"
 DAY = date(2026, 11, 16)
@@ -65,7 +73,7 @@ def current_marks(lake_uri: str) -> dict[tuple[str, str, str, str], tuple[str, d
 def row_counts(lake_uri: str) -> dict[str, int]:
     return {
         c.name: lake.read_table(c, lake_uri).num_rows
-        for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT)
+        for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, STAGED_SESSIONS, STAGED_PUPILS)
     }
 
 
@@ -82,24 +90,31 @@ def test_newest_generated_at_wins_and_a_late_older_extract_never_overwrites(lake
             offsets={(TOPIC, 0): 1},
         )
     )
-    # An amendment (newer) changes A1; a late extract taken earlier (09:00) tries to change both.
+    # An amendment (newer) changes A1; a late extract taken earlier (09:00) tries to change both, once before
+    # the amendment is folded and once after.
     sink.write_batch(
         SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", ELEVEN)]), offsets={(TOPIC, 0): 2})
     )
+    older = [("100001", "A1", DAY, "AM", "U", NINE), ("100001", "A2", DAY, "AM", "O", NINE)]
+    late = SinkBatch(sessions=sessions(older), offsets={(TOPIC, 0): 3})
+    sink.write_batch(late)
+    sink.fold()
     sink.write_batch(
         SinkBatch(
             sessions=sessions(
                 [("100001", "A1", DAY, "AM", "U", NINE), ("100001", "A2", DAY, "AM", "O", NINE)]
             ),
-            offsets={(TOPIC, 0): 3},
+            offsets={(TOPIC, 0): 4},
         )
     )
+    sink.fold()
 
     assert current_marks(lake_uri) == {
         ("100001", "A1", DAY.isoformat(), "AM"): ("N", ELEVEN),
         ("100001", "A2", DAY.isoformat(), "AM"): ("/", TEN),
     }
-    assert sink.committed_offset(TOPIC, 0) == 3  # the no-op batch still advanced the offset
+    assert sink.committed_offset(TOPIC, 0) == 4  # the no-op batch still advanced the offset
+    assert row_counts(lake_uri)["staged_sessions"] == 0  # the fold removed what it folded
 
 
 def test_duplicates_within_a_batch_keep_the_newest_row(lake_uri: str) -> None:
@@ -164,10 +179,10 @@ def full_batch(offset: int) -> SinkBatch:
 def test_replaying_the_same_batch_changes_nothing(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
     first = sink.write_batch(full_batch(41))
+    sink.fold()
     counts = row_counts(lake_uri)
-    versions = {
-        c.name: DeltaTable(c.path(lake_uri)).version() for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS)
-    }
+    written = (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, STAGED_PUPILS, STAGED_SESSIONS)
+    versions = {c.name: DeltaTable(c.path(lake_uri)).version() for c in written}
 
     replay = DeltaSink(lake_uri).write_batch(full_batch(41))  # e.g. a new worker after a crash
 
@@ -178,11 +193,11 @@ def test_replaying_the_same_batch_changes_nothing(lake_uri: str) -> None:
         "extracts": 1,
         "quarantine": 2,
         "optout_audit": 1,
+        "staged_sessions": 0,
+        "staged_pupils": 0,
     }
     assert row_counts(lake_uri) == counts
-    assert {
-        c.name: DeltaTable(c.path(lake_uri)).version() for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS)
-    } == versions
+    assert {c.name: DeltaTable(c.path(lake_uri)).version() for c in written} == versions
     assert (sink.committed_offset(TOPIC, 0), sink.committed_offset(TOPIC, 1)) == (41, 141)
 
 
@@ -197,12 +212,16 @@ def test_a_crash_before_the_offsets_commit_replays_without_doubling_rows(lake_ur
     assert sink.committed_offset(TOPIC, 0) is None  # the side tables were written, the offset was not
     result = sink.write_batch(full_batch(5))  # the batch is consumed again
     assert not result.replay_skipped
-    assert row_counts(lake_uri) == {
+    assert row_counts(lake_uri)["staged_pupils"] == 4  # staged twice ...
+    sink.fold()
+    assert row_counts(lake_uri) == {  # ... folded once
         "attendance_sessions": 2,
         "pupils": 2,
         "extracts": 1,
         "quarantine": 2,
         "optout_audit": 1,
+        "staged_sessions": 0,
+        "staged_pupils": 0,
     }
     assert sink.committed_offset(TOPIC, 0) == 5
 
@@ -244,7 +263,7 @@ def test_offsets_are_in_the_same_delta_commit_as_the_session_rows(lake_uri: str)
     )
 
 
-def test_an_amendment_and_its_offsets_commit_together_after_the_merge(lake_uri: str) -> None:
+def test_an_amendment_is_staged_its_offsets_commit_and_the_fold_applies_it(lake_uri: str) -> None:
     sink = DeltaSink(lake_uri)
     sink.write_batch(
         SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", TEN)]), offsets={(TOPIC, 0): 1})
@@ -252,11 +271,19 @@ def test_an_amendment_and_its_offsets_commit_together_after_the_merge(lake_uri: 
     result = sink.write_batch(
         SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", ELEVEN)]), offsets={(TOPIC, 0): 2})
     )
-    # Only an existing school-day: the MERGE commits the row, then a data-less commit carries the offset.
+    # Only an existing school-day: the row is staged, then a data-less commit carries the offset.
     actions = commit_actions(ATTENDANCE_SESSIONS.path(lake_uri), result.sessions_version)
     assert [a["txn"]["version"] for a in actions if "txn" in a] == [2]
+    assert not [a for a in actions if "add" in a]
     assert sink.committed_offset(TOPIC, 0) == 2
+    assert result.rows_written["attendance_sessions"] == 0 and result.rows_written["staged_sessions"] == 1
+    assert row_counts(lake_uri)["staged_sessions"] == 1
+    assert current_marks(lake_uri)[("100001", "A1", DAY.isoformat(), "AM")] == ("/", TEN)  # not folded yet
+    folded = sink.fold()
+    assert (folded.sessions.staged, folded.sessions.changed, folded.sessions.removed) == (1, 1, 1)
     assert current_marks(lake_uri)[("100001", "A1", DAY.isoformat(), "AM")] == ("N", ELEVEN)
+    again = sink.fold()  # nothing staged: nothing to do
+    assert again.sessions.staged == 0 and row_counts(lake_uri)["attendance_sessions"] == 1
 
 
 def test_a_batch_without_session_rows_still_commits_its_offsets(lake_uri: str) -> None:
@@ -285,22 +312,19 @@ def test_a_batch_without_session_rows_still_commits_its_offsets(lake_uri: str) -
 
 
 def test_pupils_newest_wins_and_current_since_moves_only_when_characteristics_change(lake_uri: str) -> None:
-    times = iter([datetime(2026, 11, 16, h, tzinfo=UTC) for h in (12, 13, 14, 15)])
+    # The clock is read once per batch and once per fold: batch 1 at 12:00, its fold at 13:00, and so on.
+    times = iter([datetime(2026, 11, 16, h, tzinfo=UTC) for h in range(12, 20)])
     sink = DeltaSink(lake_uri, clock=lambda: next(times))
-    sink.write_batch(
-        SinkBatch(pupils=pupils([("100001", "A1", "N", NINE)]), offsets={(TOPIC, 0): 1})
-    )  # 12:00
-    sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", "N", TEN)]), offsets={(TOPIC, 0): 2}))  # same
-    sink.write_batch(
-        SinkBatch(pupils=pupils([("100001", "A1", "K", ELEVEN)]), offsets={(TOPIC, 0): 3})
-    )  # 14:00
-    sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", "E", TEN)]), offsets={(TOPIC, 0): 4}))  # late
+    for offset, (sen, generated) in enumerate([("N", NINE), ("N", TEN), ("K", ELEVEN), ("E", TEN)], start=1):
+        # new, the same again (newer), changed (newer: folded at 17:00), a late older extract
+        sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", sen, generated)]), offsets={(TOPIC, 0): offset}))
+        sink.fold()
 
     [row] = lake.read_table(PUPILS, lake_uri).to_pylist()
     assert (row["sen_provision"], row["generated_at"], row["current_since"]) == (
         "K",
         ELEVEN,
-        datetime(2026, 11, 16, 14, tzinfo=UTC),
+        datetime(2026, 11, 16, 17, tzinfo=UTC),
     )
 
 
@@ -343,8 +367,11 @@ def test_rows_outside_the_table_contract_are_refused(lake_uri: str) -> None:
 
 
 def test_no_upn_reaches_the_delta_log_statistics(lake_uri: str) -> None:
-    DeltaSink(lake_uri).write_batch(full_batch(1))
-    for contract in (ATTENDANCE_SESSIONS, PUPILS):
+    sink = DeltaSink(lake_uri)
+    sink.write_batch(full_batch(1))
+    sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", ELEVEN)]), offsets={(TOPIC, 0): 2}))
+    sink.fold()
+    for contract in (ATTENDANCE_SESSIONS, PUPILS, STAGED_SESSIONS, STAGED_PUPILS):
         text = "".join(p.read_text() for p in (Path(contract.path(lake_uri)) / "_delta_log").glob("*.json"))
         assert "100001" in text  # URN statistics are kept (pruning), so the scan below is meaningful
         assert "A1" not in text and "B1" not in text
@@ -352,8 +379,8 @@ def test_no_upn_reaches_the_delta_log_statistics(lake_uri: str) -> None:
 
 def _write_partition(lake_uri: str, partition: int, schools: list[str], queue) -> None:  # noqa: ANN001
     """One worker process: per school, a first extract (new school-days: appended) and then an amendment
-    of every mark (existing school-days: MERGEd into the same day partitions the other process MERGEs
-    into, so the two processes' commits conflict and are retried)."""
+    of every mark (existing school-days: staged); then a fold, MERGEing into the same day partitions as the
+    other process's fold, so that their commits may conflict and are retried."""
     sink = DeltaSink(lake_uri)
     conflicts = 0
     offset = 0
@@ -374,6 +401,7 @@ def _write_partition(lake_uri: str, partition: int, schools: list[str], queue) -
             )
             conflicts += result.conflicts
             offset += 1
+    conflicts += sink.fold().conflicts  # both processes fold at about the same time, into the same days
     queue.put((partition, conflicts))
 
 
@@ -412,6 +440,7 @@ def test_read_table_filters_on_strings_after_a_merge_rewrote_the_files(lake_uri:
     sink.write_batch(
         SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", ELEVEN)]), offsets={(TOPIC, 0): 2})
     )
+    sink.fold()
     # The MERGE-written file stores strings as string_view: a plain string filter must still work.
     found = lake.read_table(
         ATTENDANCE_SESSIONS, lake_uri, filter=pc.field("urn") == "100001", columns=["code"]
