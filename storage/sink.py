@@ -245,6 +245,20 @@ class DeltaSink:
                 advancing[(topic, partition)] = offset
         return advancing, stored
 
+    def quarantined_messages(self, messages: list[tuple[str, int, int]]) -> set[tuple[str, int, int]]:
+        """Which of these (topic, partition, offset) messages the quarantine table already holds: a message
+        judged again after a re-read (behind a held extract, or after a crash) was dead-lettered already."""
+        if not messages:
+            return set()
+        with self._lock:
+            delta = self._table(QUARANTINE, refresh=True)
+        offsets = ", ".join(str(int(offset)) for _, _, offset in messages)
+        found = pa.table(QueryBuilder().register("quarantine", delta).execute(
+            f"SELECT DISTINCT topic, partition, \"offset\" FROM quarantine WHERE \"offset\" IN ({offsets})").read_all())
+        held = set(zip(found.column("topic").to_pylist(), found.column("partition").to_pylist(),
+                       found.column("offset").to_pylist(), strict=True))
+        return {message for message in messages if message in held}
+
     # --- writing -------------------------------------------------------------------------------------
 
     def write_batch(self, batch: SinkBatch) -> CommitResult:

@@ -320,13 +320,22 @@ class ExtractWorker:
         return fresh
 
     async def _dead_letter(self, outcome: BatchOutcome) -> None:
+        """Send unreadable messages to the dead-letter topic, before the batch commits (a crash in between
+        may send one twice; never zero times). A message re-read and judged again (behind a held extract,
+        or after a crash) whose quarantine row is already stored was sent before, and is not sent again."""
         if not outcome.dead_letters:
             return
+        loop = asyncio.get_running_loop()
+        sent_before = await loop.run_in_executor(None, self.sink.quarantined_messages,
+                                                 [(r.topic, r.partition, r.offset) for r in outcome.dead_letters])
+        records = [r for r in outcome.dead_letters if (r.topic, r.partition, r.offset) not in sent_before]
+        if not records:
+            return
         topic = self.app.topic(self.settings.topic_deadletter, value_serializer="raw", key_serializer="raw")
-        for record in outcome.dead_letters:
+        for record in records:
             await topic.send(key=record.key, value=record.value, headers={
                 "source": f"{record.topic}/{record.partition}/{record.offset}".encode()})
-        metrics.DEADLETTERED.inc(len(outcome.dead_letters))
+        metrics.DEADLETTERED.inc(len(records))
 
     def _observe(self, outcome: BatchOutcome, seconds: float, messages: int) -> None:
         metrics.MESSAGES_CONSUMED.inc(messages)

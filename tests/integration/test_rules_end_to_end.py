@@ -460,8 +460,6 @@ def test_unreadable_messages_are_dead_lettered_with_their_bytes(judged: Judged):
     assert reread[0] == held[0] and reread[1] > held[1], "set-up: the second run must re-read a dead letter"
 
 
-@pytest.mark.xfail(strict=True, reason="dead letters are sent before the batch commits, and again when a re-read "
-                   "(here: behind a held incomplete extract) judges the same message: fix in streams/app.py")
 def test_a_message_reread_is_not_dead_lettered_twice(judged: Judged):
     held = judged.positions["MSG_INCOMPLETE"][0]
     reread = judged.positions["MSG_NOT_UTF8"][0]

@@ -462,3 +462,12 @@ def test_a_batch_held_behind_an_incomplete_extract_still_writes_what_it_judged(l
     replay = sink.write_batch(SinkBatch(sessions=sessions([("100002", "B1", DAY, "AM", "N", ELEVEN)]),
                                         offsets={(TOPIC, 0): 9}, processed_through={(TOPIC, 0): 9}))
     assert replay.replay_skipped  # everything it judged is covered by the stored offset
+
+
+def test_quarantined_messages_names_only_the_messages_the_quarantine_already_holds(lake_uri: str) -> None:
+    sink = DeltaSink(lake_uri)
+    assert sink.quarantined_messages([(TOPIC, 0, 7)]) == set()  # no table yet: nothing held
+    sink.write_batch(full_batch(41))  # quarantines offset 7 of partition 0
+    asked = [(TOPIC, 0, 7), (TOPIC, 1, 7), (TOPIC, 0, 8)]
+    assert sink.quarantined_messages(asked) == {(TOPIC, 0, 7)}
+    assert sink.quarantined_messages([]) == set()
