@@ -10,6 +10,7 @@ every batch is checked against the offsets it expects, dropping replays and seek
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -81,6 +82,11 @@ class WorkerState:
     last_fold_at: float = field(default_factory=time.monotonic)
 
 
+class BatchAbandoned(RuntimeError):
+    """The previous batch's write failed: the worker went back to Delta's offsets, and the batch processed
+    meanwhile is dropped (it is read again)."""
+
+
 class ExtractWorker:
     """Glue: Faust events -> BatchProcessor -> DeltaSink, with offsets owned by Delta."""
 
@@ -111,6 +117,9 @@ class ExtractWorker:
         self.consecutive_failures = 0
         self.failure: Exception | None = None
         self._fold_task: asyncio.Future | None = None
+        # The batch being written while the next one is processed (decode and validation overlap the Delta
+        # write of the batch before: two stages, two cores). Its offsets commit before the next batch's.
+        self._write_task: asyncio.Future | None = None
         from attendance.http import Readiness
 
         self.readiness = Readiness()
@@ -155,7 +164,8 @@ class ExtractWorker:
                 for part in _split_by_bytes(records, settings.batch_max_bytes):
                     try:
                         await self.handle(part)
-                        self.consecutive_failures = 0
+                    except BatchAbandoned:
+                        break  # already back at Delta's offsets
                     except Exception as exc:  # noqa: BLE001 - nothing committed: seek back and retry
                         await self.on_batch_failed(exc)
                         break
@@ -177,11 +187,19 @@ class ExtractWorker:
         async def housekeeping() -> None:
             await self.housekeeping()
 
+        @app.on_before_shutdown.connect
+        async def finish_write(sender: Any, **kwargs: Any) -> None:
+            # A clean stop lets the batch in flight commit (a crash instead is replayed exactly once).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.settle_write(), timeout=60.0)
+
         return app
 
     async def on_assigned(self, assigned: set[TP]) -> None:
         """Move each newly owned partition to the offset Delta holds (not Kafka's group offset)."""
         self.assignment_ready.clear()
+        with contextlib.suppress(BatchAbandoned):
+            await self.settle_write()  # so that Delta's offsets below include the batch in flight
         mine = {tp for tp in assigned if tp.topic == self.settings.topic_extracts}
         resume: dict[TP, int] = {}
         loop = asyncio.get_running_loop()
@@ -224,25 +242,48 @@ class ExtractWorker:
             opted_out = self.optouts.opted_out(now)
             loop = asyncio.get_running_loop()
             outcome = await loop.run_in_executor(None, self.processor.process, fresh, opted_out, now)
-            await self._dead_letter(outcome)
-            result = await loop.run_in_executor(None, self.sink.write_batch, outcome.sink)
+            # The next batch continues after this one; if this one's write fails, on_batch_failed goes back
+            # to Delta's offsets.
             for tp in {r.tp for r in fresh}:
                 self.state.next_offset[tp] = max(r.offset for r in fresh if r.tp == tp) + 1
-            # Mirror Delta's offsets into the group (for lag tools, and so Faust's seek-to-committed on the
-            # next assignment starts near the right place); Delta stays the truth.
-            committed = {TP(t, p): o + 1 for (t, p), o in outcome.sink.offsets.items() if (t, p) in self.state.assigned}
-            if committed and not result.replay_skipped:
-                await self.app.consumer._commit(committed)
-            self._observe(outcome, time.perf_counter() - started, len(fresh))
-            self.state.batches += 1
-            self.state.last_batch_at = self.state.last_record_at = time.monotonic()
-            self.state.staged_since_fold += sum(
-                result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS))
-            log.info("batch: %d messages, %d pupils accepted, %d marks accepted, offsets %s (%s)",
-                     len(fresh), outcome.pupils_accepted, outcome.marks_accepted,
-                     dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
-            if self.state.staged_since_fold >= self.settings.fold_max_staged_rows:
-                await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")
+            await self.settle_write()  # the batch before commits first (its offsets are lower)
+            await self._dead_letter(outcome)
+            self._write_task = asyncio.ensure_future(self._write(outcome, len(fresh), started))
+
+    async def settle_write(self) -> None:
+        """Wait for the batch being written. If its write failed, go back to Delta's offsets and raise
+        ``BatchAbandoned`` (a batch processed meanwhile must not commit offsets past the failed one)."""
+        task, self._write_task = self._write_task, None
+        if task is None:
+            return
+        try:
+            await task
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nothing of it committed: recover, then abandon the caller's batch
+            await self.on_batch_failed(exc)
+            raise BatchAbandoned(str(exc)) from exc
+        self.consecutive_failures = 0
+
+    async def _write(self, outcome: BatchOutcome, messages: int, started: float) -> None:
+        """Stage two: the batch's Delta commits (offsets last), then its metrics."""
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, self.sink.write_batch, outcome.sink)
+        # Mirror Delta's offsets into the group (for lag tools, and so Faust's seek-to-committed on the
+        # next assignment starts near the right place); Delta stays the truth.
+        committed = {TP(t, p): o + 1 for (t, p), o in outcome.sink.offsets.items() if (t, p) in self.state.assigned}
+        if committed and not result.replay_skipped:
+            await self.app.consumer._commit(committed)
+        self._observe(outcome, time.perf_counter() - started, messages)
+        self.state.batches += 1
+        self.state.last_batch_at = self.state.last_record_at = time.monotonic()
+        self.state.staged_since_fold += sum(
+            result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS))
+        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, offsets %s (%s)",
+                 messages, outcome.pupils_accepted, outcome.marks_accepted,
+                 dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
+        if self.state.staged_since_fold >= self.settings.fold_max_staged_rows:
+            await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")
 
     def fold_due(self, now: float) -> str | None:
         return fold_reason(self.state.staged_since_fold, now - self.state.last_record_at,
@@ -267,7 +308,8 @@ class ExtractWorker:
         Delta says it stands. This covers Faust's own seek-to-committed landing past Delta's offset, and
         consumers that stop fetching (faust-streaming#175, #629)."""
         idle = time.monotonic() - self.state.last_batch_at
-        busy = self._lock.locked() or not self.assignment_ready.is_set()
+        writing = self._write_task is not None and not self._write_task.done()
+        busy = self._lock.locked() or writing or not self.assignment_ready.is_set()
         if busy or idle < self.settings.batch_max_latency_s * 3 + 2:
             return
         for tp, hw in highwaters.items():
@@ -280,6 +322,10 @@ class ExtractWorker:
 
     async def on_batch_failed(self, exc: Exception) -> None:
         """Nothing of the batch was committed (the offsets commit is last): re-read it, or give up."""
+        task, self._write_task = self._write_task, None
+        if task is not None:  # let a write in flight finish first: Delta's offsets below then include it
+            with contextlib.suppress(Exception):
+                await task
         self.consecutive_failures += 1
         log.error("batch failed (%d in a row): %s: %s", self.consecutive_failures, type(exc).__name__, exc,
                   exc_info=exc if self.consecutive_failures == 1 else None)
@@ -377,8 +423,12 @@ class ExtractWorker:
         if self.until_drained and self.state.assigned and self.state.end_offsets:
             caught_up = all(self.state.next_offset.get(tp, 0) >= end for tp, end in self.state.end_offsets.items())
             if caught_up and not self._lock.locked() and await self._others_covered():
-                log.info("drained: every partition of the topic processed to its end offset")
                 async with self._lock:
+                    try:
+                        await self.settle_write()
+                    except BatchAbandoned:
+                        return  # back at Delta's offsets: not drained after all
+                    log.info("drained: every partition of the topic processed to its end offset")
                     await self._fold("drained")  # every worker folds last: the last one leaves staging empty
                 self.drained.set()
                 return
@@ -389,6 +439,8 @@ class ExtractWorker:
 
     async def _fold_under_lock(self, why: str) -> None:
         async with self._lock:
+            with contextlib.suppress(BatchAbandoned):
+                await self.settle_write()
             if self.fold_due(time.monotonic()):  # a batch may have folded meanwhile
                 await self._fold(why)
 
