@@ -12,7 +12,7 @@ What one run does (docs/benchmarks.md explains each figure):
 4. **bare consume**: the physical reference: one aiokafka consumer, no group, every partition assigned, read
    to the end offsets, ``orjson.loads`` of every value, pupils counted.
 5. **pipeline**: ``attendance worker --until-drained`` subprocess(es): consume, decode, validate, Delta
-   write; from the first assignment (fetching starts) to the last batch commit, read from the worker's log.
+   write; from the first assignment (fetching starts) to the last batch or fold commit, read from the worker's log.
 6. **aggregate** (``attendance aggregate``, the daily incremental run) and **publish**
    (``attendance publish --release D --out ... --now``) on the reference run's lake; **total** = first
    message consumed to statistics published.
@@ -135,7 +135,7 @@ class WorkerLog:
     """What a worker's log says about a run (epoch seconds, local clock)."""
 
     first_assigned: float | None = None  # first assignment with partitions: fetching starts right after
-    last_commit: float | None = None  # the last batch committed to Delta
+    last_commit: float | None = None  # the last batch (or fold of staged rows) committed to Delta
     batches: int = 0
     replays_skipped: int = 0
 
@@ -160,6 +160,8 @@ def parse_worker_log(lines: Iterable[str]) -> WorkerLog:
                 last = moment if last is None else max(last, moment)
             else:
                 skipped += 1
+        elif message.startswith("fold (") and "failed" not in message:
+            last = moment if last is None else max(last, moment)  # staged rows land in their tables
     return WorkerLog(first, last, batches, skipped)
 
 

@@ -120,6 +120,17 @@ def test_the_worker_log_gives_first_assignment_and_last_commit():
     assert (log.batches, log.replays_skipped) == (2, 1)
 
 
+def test_the_data_has_landed_when_the_last_fold_has_committed():
+    lines = [
+        "2026-11-23 10:00:01,250 INFO streams.app: assigned 8 extract partitions; resuming from Delta",
+        "2026-11-23 10:00:05,750 INFO streams.app: batch: 10 messages, 2 pupils accepted, offsets {} (committed)",
+        "2026-11-23 10:00:06,000 INFO streams.app: drained: every partition of the topic processed to its end offset",
+        "2026-11-23 10:00:09,500 INFO streams.app: fold (drained): 5 staged marks, 9 staged pupil records folded",
+        "2026-11-23 10:00:20,000 ERROR streams.app: fold (idle) failed, staged rows wait for the next one: OSError: x",
+    ]
+    assert parse_worker_log(lines).last_commit == _at("2026-11-23 10:00:09.500")
+
+
 def test_several_workers_span_from_the_earliest_start_to_the_latest_commit():
     merged = merge_worker_logs([WorkerLog(10.0, 20.0, 3, 0), WorkerLog(12.0, 25.0, 2, 1), WorkerLog()])
     assert merged == WorkerLog(10.0, 25.0, 5, 1)
