@@ -367,12 +367,18 @@ class DeltaSink:
                             .execute(f"SELECT urn, date FROM days WHERE {dates}").read_all())
         return _school_day_keys(recorded).combine_chunks() if recorded.num_rows else pa.array([], pa.string())
 
-    def _record_school_days(self, rows: pa.Table, progress: _Progress) -> None:
+    def _record_school_days(self, rows: pa.Table, progress: _Progress, *, skip_recorded: bool = False) -> None:
         """Record the school-days of ``rows`` before the rows themselves are committed (blind append:
-        a school-day recorded twice is harmless, one never recorded is not)."""
+        a school-day recorded twice is harmless, one never recorded is not). ``skip_recorded``: leave out
+        those already recorded (a fold's amendments are mostly of recorded days)."""
         days = pl.from_arrow(rows.select(["urn", "date"]))
         assert isinstance(days, pl.DataFrame)
-        self._append(SESSION_SCHOOL_DAYS, days.unique().to_arrow(), progress, count=False)
+        days = days.unique()
+        if skip_recorded:
+            recorded = self._recorded_school_days(rows)
+            days = days.filter(~pl.Series(pc.is_in(_school_day_keys(days.to_arrow()), value_set=recorded)))
+        if days.height:
+            self._append(SESSION_SCHOOL_DAYS, days.to_arrow(), progress, count=False)
 
     def _append(self, contract: TableContract, data: pa.Table, progress: _Progress, *, count: bool = True) -> int:
         """A blind append (no read, no conflict with other appends)."""
@@ -426,7 +432,7 @@ class DeltaSink:
         if not staged.num_rows:
             return FoldCount(0, 0, 0)
         source = dedupe_newest(staged, ATTENDANCE_SESSIONS.key, "generated_at")
-        self._record_school_days(source, progress)
+        self._record_school_days(source, progress, skip_recorded=True)
         # The dates as literals: concurrent MERGEs into other days never conflict, and the scan is pruned to
         # the days amended (stack notes).
         predicate = f"{_equal_match(ATTENDANCE_SESSIONS.key)} AND " + lake.in_list(

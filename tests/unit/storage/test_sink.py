@@ -20,6 +20,7 @@ from storage.tables import (
     OPTOUT_AUDIT,
     PUPILS,
     QUARANTINE,
+    SESSION_SCHOOL_DAYS,
     STAGED_PUPILS,
     STAGED_SESSIONS,
 )
@@ -284,6 +285,7 @@ def test_an_amendment_is_staged_its_offsets_commit_and_the_fold_applies_it(lake_
     assert current_marks(lake_uri)[("100001", "A1", DAY.isoformat(), "AM")] == ("N", ELEVEN)
     again = sink.fold()  # nothing staged: nothing to do
     assert again.sessions.staged == 0 and row_counts(lake_uri)["attendance_sessions"] == 1
+    assert lake.read_table(SESSION_SCHOOL_DAYS, lake_uri).num_rows == 1  # recorded once, not again by the fold
 
 
 def test_a_batch_without_session_rows_still_commits_its_offsets(lake_uri: str) -> None:
