@@ -64,8 +64,8 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="Worker: fold at least this often while staged rows wait (bounds how "
         "stale attendance_sessions and pupils can be).")
     fold_max_staged_rows: int = Field(
-        default=2_000_000, ge=1, description="Worker: fold once it has staged this many rows (bounds the fold's "
-        "memory).")
+        default=1_000_000, ge=1, description="Worker: fold once it has staged this many rows (bounds the fold's "
+        "memory: about 0.3 GiB per million pupil records).")
 
     # --- Delta lake -----------------------------------------------------------------------------
     lake_uri: str = Field(default="./lake", description="Root of the Delta lake (a path or s3:// URI).")

@@ -23,8 +23,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from deltalake import write_deltalake
 
+from storage import lake
 from storage.sink import DeltaSink, SinkBatch
+from storage.tables import SCHOOLS
 
 TOPIC = "attendance.extracts.v1"
 PARTITIONS = 8
@@ -213,6 +216,8 @@ def main() -> None:
             0.01,
         )
         print(f"generated in {time.perf_counter() - generate_started:.1f} s; lake {lake_dir}")
+        # The register's URNs: the pupils fold cuts its URN ranges at their quantiles.
+        write_deltalake(SCHOOLS.path(str(lake_dir)), lake.conform(pa.table({"urn": pc.unique(urn)}), SCHOOLS))
         sink = DeltaSink(str(lake_dir), app_id_prefix="bench")
         run_day(sink, first, f"day 1 ({day1}, fresh lake)")
         run_day(sink, second, f"day 2 ({day1 + timedelta(days=1)}, amends day 1)")

@@ -1,4 +1,5 @@
-"""Routine upkeep of every Delta table: compact small files, checkpoint, expire old log, vacuum.
+"""Routine upkeep of every Delta table: compact small files (pupils: Z-ordered by URN), checkpoint, expire
+old log, vacuum.
 
 Safe while the sink writes: compaction commits per partition and only conflicts with writes to the same
 files; a conflicting compaction is retried a few times and then skipped for this run (never forced).
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_HOURS = 168  # a week: delta-rs' default deletedFileRetentionDuration
 COMPACTION_ATTEMPTS = 4
+#: Tables compacted by Z-order on these columns rather than by bin-packing: the pupils fold works in URN
+#: ranges and relies on each file holding URNs of one range (storage.sink.DeltaSink._fold_pupils).
+CLUSTER_BY: dict[str, list[str]] = {"pupils": ["urn"]}
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,10 @@ def _compact(delta: DeltaTable, contract: TableContract) -> tuple[int, str | Non
         try:
             # One commit per partition: a conflict then only costs that partition's work.
             interval = timedelta(0) if contract.partition_by else None
-            metrics = delta.optimize.compact(min_commit_interval=interval)
+            if contract.name in CLUSTER_BY:
+                metrics = delta.optimize.z_order(CLUSTER_BY[contract.name], min_commit_interval=interval)
+            else:
+                metrics = delta.optimize.compact(min_commit_interval=interval)
             return int(metrics.get("numFilesRemoved", 0)), None
         except CommitFailedError as exc:
             log.info("%s: compaction conflicted with a concurrent write (attempt %d): %s",

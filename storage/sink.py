@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -54,6 +55,7 @@ from storage.tables import (
     OPTOUT_AUDIT,
     PUPILS,
     QUARANTINE,
+    SCHOOLS,
     SESSION_SCHOOL_DAYS,
     STAGED_PUPILS,
     STAGED_SESSIONS,
@@ -64,6 +66,9 @@ log = logging.getLogger(__name__)
 
 #: The table whose commits carry the Kafka offsets (see module docstring).
 OFFSETS_TABLE = ATTENDANCE_SESSIONS
+
+#: URN ranges a pupils fold works in, one MERGE each (see ``DeltaSink._fold_pupils``).
+PUPIL_FOLD_RANGES = 16
 
 #: Pupil columns whose change makes a new version of the pupil (``current_since`` moves).
 PUPIL_CHARACTERISTICS = tuple(
@@ -216,6 +221,7 @@ class DeltaSink:
         self.backoff_max_s = backoff_max_s
         self._clock = clock or (lambda: datetime.now(UTC))
         self._tables: dict[str, DeltaTable] = {}
+        self._boundaries: list[str] | None = None
         # The worker calls in from executor threads: one call at a time shares the cached tables.
         self._lock = threading.RLock()
 
@@ -457,32 +463,60 @@ class DeltaSink:
     def _fold_pupils(self, now: datetime, progress: _Progress) -> FoldCount:
         """Newest generated_at wins per (urn, upn): a newer record with different characteristics is a new
         version, current from this fold; a newer record saying the same moves only the provenance (so that a
-        late older extract can never win)."""
+        late older extract can never win).
+
+        One MERGE per URN range (``PUPIL_FOLD_RANGES`` ranges, cut at quantiles of the register's URNs):
+        each MERGE holds one range of the staged rows and, because every file it writes holds URNs of one
+        range only, reads and rewrites only that range's files (URN statistics prune the rest). A fold's
+        memory is then about 1/``PUPIL_FOLD_RANGES`` of the day's pupils, whatever the day's size, and
+        its rewriting stays one pass over the table.
+        """
         snapshot, staged = self._snapshot(STAGED_PUPILS)
         if not staged.num_rows:
             return FoldCount(0, 0, 0)
         source = dedupe_newest(lake.conform(staged.drop_columns(["current_since"]), PUPILS,
                                             fill={"current_since": now}), PUPILS.key, "generated_at")
+        source = source.sort_by("urn")
         changed = " OR ".join(f"(t.{name} IS DISTINCT FROM s.{name})" for name in PUPIL_CHARACTERISTICS)
         newer = "s.generated_at > t.generated_at"
+        written = 0
+        for low, high, part in _urn_ranges(source, self._urn_boundaries()):
+            bounds = [f"t.urn >= {lake.sql_literal(low)}" if low is not None else "",
+                      f"t.urn < {lake.sql_literal(high)}" if high is not None else ""]
+            predicate = " AND ".join([_equal_match(PUPILS.key), *[b for b in bounds if b]])
 
-        def attempt() -> int:
-            result = (
-                self._table(PUPILS, refresh=True)
-                .merge(source, _equal_match(PUPILS.key), source_alias="s", target_alias="t")
-                .when_matched_update_all(predicate=f"{newer} AND ({changed})")
-                .when_matched_update(
-                    updates={"extract_id": "s.extract_id", "generated_at": "s.generated_at"}, predicate=newer)
-                .when_not_matched_insert_all()
-                .execute()
-            )
-            return _rows_changed(result)
+            def attempt(part: pa.Table = part, predicate: str = predicate) -> int:
+                result = (
+                    self._table(PUPILS, refresh=True)
+                    .merge(part, predicate, source_alias="s", target_alias="t")
+                    .when_matched_update_all(predicate=f"{newer} AND ({changed})")
+                    .when_matched_update(
+                        updates={"extract_id": "s.extract_id", "generated_at": "s.generated_at"}, predicate=newer)
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
+                return _rows_changed(result)
 
-        written = self._with_retries(PUPILS, attempt, progress)
+            written += self._with_retries(PUPILS, attempt, progress)
         metrics.DELTA_ROWS_WRITTEN.labels(table=PUPILS.name).inc(written)
+        del source
         removed = self._remove_staged(STAGED_PUPILS, snapshot, staged, progress)
         metrics.FOLDED_ROWS.labels(table=STAGED_PUPILS.name).inc(removed)
         return FoldCount(staged.num_rows, written, removed)
+
+    def _urn_boundaries(self) -> list[str]:
+        """Where the pupils fold cuts its URN ranges: quantiles of the register's URNs (stable from day to
+        day, so files stay within one range). No register: no cuts (one range)."""
+        if self._boundaries is None:
+            try:
+                register = lake.read_table(SCHOOLS, self.lake_uri, storage_options=self.storage_options,
+                                           columns=["urn"])
+                urns = sorted(set(register.column("urn").to_pylist()))
+            except Exception:  # noqa: BLE001 - no register table (yet): one range
+                urns = []
+            self._boundaries = [urns[len(urns) * i // PUPIL_FOLD_RANGES] for i in range(1, PUPIL_FOLD_RANGES)
+                                ] if len(urns) >= PUPIL_FOLD_RANGES * 4 else []
+        return self._boundaries
 
     def _remove_staged(self, contract: TableContract, snapshot: DeltaTable, folded: pa.Table,
                        progress: _Progress) -> int:
@@ -609,6 +643,16 @@ class DeltaSink:
                 progress.table_seconds.get(contract.name, 0.0) + finished - first_started)
             return outcome
         raise AssertionError("unreachable")
+
+
+def _urn_ranges(source: pa.Table, boundaries: list[str]) -> list[tuple[str | None, str | None, pa.Table]]:
+    """``source`` (sorted by urn) cut at ``boundaries``: (low, high, rows with low <= urn < high), empty ranges
+    left out; the first range has no low and the last no high."""
+    urns = source.column("urn").to_numpy(zero_copy_only=False)
+    cuts = [0, *(int(i) for i in np.searchsorted(urns, boundaries, side="left")), source.num_rows]
+    edges: list[str | None] = [None, *boundaries, None]
+    return [(edges[i], edges[i + 1], source.slice(cuts[i], cuts[i + 1] - cuts[i]))
+            for i in range(len(cuts) - 1) if cuts[i + 1] > cuts[i]]
 
 
 def _school_day_keys(data: pa.Table) -> pa.ChunkedArray:

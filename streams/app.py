@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -279,8 +281,8 @@ class ExtractWorker:
         self.state.last_batch_at = self.state.last_record_at = time.monotonic()
         self.state.staged_since_fold += sum(
             result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS))
-        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, offsets %s (%s)",
-                 messages, outcome.pupils_accepted, outcome.marks_accepted,
+        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, rss %d MiB, offsets %s (%s)",
+                 messages, outcome.pupils_accepted, outcome.marks_accepted, _rss_mib(),
                  dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
         if self.state.staged_since_fold >= self.settings.fold_max_staged_rows:
             await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")
@@ -300,8 +302,8 @@ class ExtractWorker:
             return
         self.state.staged_since_fold = 0
         self.state.last_fold_at = time.monotonic()
-        log.info("fold (%s): %d staged marks, %d staged pupil records folded in %.1fs", why,
-                 result.sessions.removed, result.pupils.removed, result.seconds)
+        log.info("fold (%s): %d staged marks, %d staged pupil records folded in %.1fs, rss %d MiB", why,
+                 result.sessions.removed, result.pupils.removed, result.seconds, _rss_mib())
 
     async def _unstall(self, highwaters: dict[TP, int]) -> None:
         """A partition with unprocessed records and nothing arriving for a while is re-seeked to where
@@ -474,6 +476,7 @@ def run_worker(settings: Settings, *, until_drained: bool = False, loglevel: str
     """Run the Faust worker until SIGTERM/SIGINT, or until drained in run-once mode."""
     from attendance.http import start_http_server
 
+    _return_freed_memory()
     worker_state = ExtractWorker(settings, until_drained=until_drained)
     app = worker_state.app
     if settings.metrics_port:
@@ -485,6 +488,13 @@ def run_worker(settings: Settings, *, until_drained: bool = False, loglevel: str
     @app.task
     async def stop_when_drained() -> None:
         await worker_state.drained.wait()
+        # Everything is in Delta by now. Faust's stop can hang when another member leaves the group at the
+        # same moment ("Event loop is closed" in a rebalance callback): a watchdog ends the process if the
+        # clean stop has not within STOP_GRACE_S.
+        code = 1 if worker_state.failure is not None else 0
+        watchdog = threading.Timer(STOP_GRACE_S, _exit_now, args=(code,))
+        watchdog.daemon = True  # a clean stop exits without waiting for it
+        watchdog.start()
         await asyncio.sleep(0)
         await worker.stop()
 
@@ -498,6 +508,34 @@ def run_worker(settings: Settings, *, until_drained: bool = False, loglevel: str
         log.error("worker stopped after repeated batch failures: %s", worker_state.failure)
         return 1
     return code
+
+
+#: Seconds a drained run-once worker waits for Faust's clean stop before it ends the process itself.
+STOP_GRACE_S = 20.0
+
+
+def _exit_now(code: int) -> None:
+    log.warning("the worker did not stop within %.0fs of draining (everything was committed): exiting", STOP_GRACE_S)
+    logging.shutdown()
+    os._exit(code)
+
+
+def _return_freed_memory() -> None:
+    """Arrow's jemalloc keeps freed pages for reuse by default; a worker handles one large batch after another,
+    and returning them at once keeps its resident memory near what the batches in flight need."""
+    import pyarrow as pa
+
+    with contextlib.suppress(NotImplementedError, AttributeError):
+        pa.jemalloc_set_decay_ms(0)
+
+
+def _rss_mib() -> int:
+    """This process's resident memory now, in MiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _split_by_bytes(records: list[RawRecord], max_bytes: int) -> list[list[RawRecord]]:

@@ -13,7 +13,7 @@ import pytest
 from deltalake import DeltaTable
 
 from storage import lake
-from storage.sink import DeltaSink, SinkBatch, dedupe_newest
+from storage.sink import PUPIL_FOLD_RANGES, DeltaSink, SinkBatch, _urn_ranges, dedupe_newest
 from storage.tables import (
     ATTENDANCE_SESSIONS,
     EXTRACTS,
@@ -473,3 +473,58 @@ def test_quarantined_messages_names_only_the_messages_the_quarantine_already_hol
     asked = [(TOPIC, 0, 7), (TOPIC, 1, 7), (TOPIC, 0, 8)]
     assert sink.quarantined_messages(asked) == {(TOPIC, 0, 7)}
     assert sink.quarantined_messages([]) == set()
+
+
+def test_urn_ranges_cut_sorted_rows_at_the_boundaries_and_leave_out_empty_ranges() -> None:
+    source = pa.table({"urn": ["100001", "100002", "100500", "120000", "140000"]})
+    ranges = _urn_ranges(source, ["100100", "110000", "130000"])
+    assert [(low, high, part.column("urn").to_pylist()) for low, high, part in ranges] == [
+        (None, "100100", ["100001", "100002"]),
+        ("100100", "110000", ["100500"]),
+        ("110000", "130000", ["120000"]),
+        ("130000", None, ["140000"]),
+    ]
+    assert [part.num_rows for *_, part in _urn_ranges(source, [])] == [5]
+
+
+def test_the_pupils_fold_works_in_urn_ranges_and_every_file_holds_one_range(lake_uri: str) -> None:
+    from tests.lake_factory import write_register
+
+    urns = [f"{100000 + 7 * i}" for i in range(80)]
+    write_register(lake_uri, [(urn, f"373{i:04d}", "Primary") for i, urn in enumerate(urns)])
+    sink = DeltaSink(lake_uri)
+    boundaries = sink._urn_boundaries()
+    assert len(boundaries) == PUPIL_FOLD_RANGES - 1
+    for offset, generated in enumerate((TEN, ELEVEN)):  # a first fold inserts, the second updates
+        sink.write_batch(SinkBatch(pupils=pupils([(u, f"P{u}{p}", "N", generated) for u in urns for p in range(3)]),
+                                   offsets={(TOPIC, 0): offset}))
+        sink.fold()
+    table = lake.read_table(PUPILS, lake_uri)
+    assert table.num_rows == 80 * 3 and set(table.column("generated_at").to_pylist()) == {ELEVEN}
+    actions = pa.table(DeltaTable(PUPILS.path(lake_uri)).get_add_actions(flatten=True)).to_pylist()
+    assert len(actions) > 1
+    edges = ["", *boundaries, "~"]
+    for action in actions:
+        low, high = action["min.urn"], action["max.urn"]
+        assert any(edges[i] <= low and high < edges[i + 1] for i in range(len(edges) - 1)), (low, high)
+
+
+def test_rows_staged_during_a_fold_wait_for_the_next_one(lake_uri: str) -> None:
+    class Interleaving(DeltaSink):
+        """Another worker stages an amendment between this fold's read of staging and its removal."""
+
+        def _remove_staged(self, contract, snapshot, folded, progress):  # type: ignore[no-untyped-def]
+            if contract.name == STAGED_SESSIONS.name:
+                DeltaSink(lake_uri).write_batch(SinkBatch(
+                    sessions=sessions([("100001", "A1", DAY, "AM", "L", ELEVEN)]), offsets={(TOPIC, 1): 5}))
+            return super()._remove_staged(contract, snapshot, folded, progress)
+
+    sink = Interleaving(lake_uri)
+    sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", NINE)]), offsets={(TOPIC, 0): 1}))
+    sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "N", TEN)]), offsets={(TOPIC, 0): 2}))
+    folded = sink.fold()
+    assert folded.sessions.removed == 1  # only what it read
+    assert lake.read_table(STAGED_SESSIONS, lake_uri).column("code").to_pylist() == ["L"]  # kept for the next
+    assert current_marks(lake_uri)[("100001", "A1", DAY.isoformat(), "AM")] == ("N", TEN)
+    DeltaSink(lake_uri).fold()
+    assert current_marks(lake_uri)[("100001", "A1", DAY.isoformat(), "AM")] == ("L", ELEVEN)
