@@ -64,8 +64,8 @@ class Settings(BaseSettings):
         default=900.0, gt=0, description="Worker: fold at least this often while staged rows wait (bounds how "
         "stale attendance_sessions and pupils can be).")
     fold_max_staged_rows: int = Field(
-        default=1_000_000, ge=1, description="Worker: fold once it has staged this many rows (bounds the fold's "
-        "memory: about 0.3 GiB per million pupil records).")
+        default=10_000_000, ge=1, description="Worker: fold once it has staged this many rows (a safety valve: a "
+        "fold reads staged pupil records one URN range at a time, so a national day folds at once).")
 
     # --- Delta lake -----------------------------------------------------------------------------
     lake_uri: str = Field(default="./lake", description="Root of the Delta lake (a path or s3:// URI).")

@@ -181,7 +181,8 @@ def dedupe_newest(data: pa.Table, key: tuple[str, ...], order_by: str) -> pa.Tab
     """
     if data.num_rows < 2:
         return data
-    frame = pl.from_arrow(data, rechunk=False)
+    # Only the key and the order column go to Polars (a conversion copies strings): memory and time.
+    frame = pl.from_arrow(data.select([*dict.fromkeys([*key, order_by])]), rechunk=False)
     assert isinstance(frame, pl.DataFrame)
     hashes = frame.select(key).hash_rows()
     if hashes.n_unique() == frame.height:
@@ -287,9 +288,10 @@ class DeltaSink:
         if _has_rows(batch.pupils):
             assert batch.pupils is not None
             staged = dedupe_newest(lake.conform(batch.pupils.drop_columns(
-                [c for c in ("current_since",) if c in batch.pupils.column_names]), STAGED_PUPILS),
+                [c for c in ("current_since",) if c in batch.pupils.column_names]), PUPILS),
                 PUPILS.key, "generated_at")
-            self._append(STAGED_PUPILS, staged, progress)
+            ranges = fold_ranges(staged.column("urn"), self._urn_boundaries())
+            self._append(STAGED_PUPILS, staged.append_column("fold_range", ranges), progress)
         if _has_rows(batch.extracts):
             rows_written[EXTRACTS.name] = self._merge_extracts(batch.extracts, progress)
         if _has_rows(batch.quarantine):
@@ -465,30 +467,36 @@ class DeltaSink:
         version, current from this fold; a newer record saying the same moves only the provenance (so that a
         late older extract can never win).
 
-        One MERGE per URN range (``PUPIL_FOLD_RANGES`` ranges, cut at quantiles of the register's URNs):
-        each MERGE holds one range of the staged rows and, because every file it writes holds URNs of one
-        range only, reads and rewrites only that range's files (URN statistics prune the rest). A fold's
-        memory is then about 1/``PUPIL_FOLD_RANGES`` of the day's pupils, whatever the day's size, and
-        its rewriting stays one pass over the table.
+        Staged pupil records are partitioned by URN range (``fold_range``: ``PUPIL_FOLD_RANGES`` ranges cut
+        at quantiles of the register's URNs), and the fold reads and MERGEs one range at a time: its memory
+        is about 1/``PUPIL_FOLD_RANGES`` of what is staged, whatever the day's size, so a worker can fold a
+        whole national day at once. Every file a range's MERGE writes holds URNs of that range only, so
+        delta-rs prunes the other ranges' files (URN statistics) and a fold rewrites the table once.
         """
-        snapshot, staged = self._snapshot(STAGED_PUPILS)
-        if not staged.num_rows:
+        snapshot = lake.ensure_table(STAGED_PUPILS, self.lake_uri, self.storage_options)
+        actions = pa.table(snapshot.get_add_actions(flatten=True))
+        if not actions.num_rows:
             return FoldCount(0, 0, 0)
-        source = dedupe_newest(lake.conform(staged.drop_columns(["current_since"]), PUPILS,
-                                            fill={"current_since": now}), PUPILS.key, "generated_at")
-        source = source.sort_by("urn")
         changed = " OR ".join(f"(t.{name} IS DISTINCT FROM s.{name})" for name in PUPIL_CHARACTERISTICS)
         newer = "s.generated_at > t.generated_at"
-        written = 0
-        for low, high, part in _urn_ranges(source, self._urn_boundaries()):
-            bounds = [f"t.urn >= {lake.sql_literal(low)}" if low is not None else "",
-                      f"t.urn < {lake.sql_literal(high)}" if high is not None else ""]
-            predicate = " AND ".join([_equal_match(PUPILS.key), *[b for b in bounds if b]])
+        staged = written = 0
+        for fold_range in sorted(set(actions.column("partition.fold_range").to_pylist())):
+            part = snapshot.to_pyarrow_table(filters=[("fold_range", "=", fold_range)])
+            staged += part.num_rows
+            source = dedupe_newest(lake.conform(part.drop_columns(["current_since", "fold_range"]), PUPILS,
+                                                fill={"current_since": now}), PUPILS.key, "generated_at")
+            del part
 
-            def attempt(part: pa.Table = part, predicate: str = predicate) -> int:
+            # The part's own URN span as literals: delta-rs then skips the other ranges' files (it does not
+            # derive this from the source by itself), and no staged row can fall outside it.
+            low, high = pc.min_max(source.column("urn")).values()
+            predicate = (f"{_equal_match(PUPILS.key)} AND t.urn >= {lake.sql_literal(low)} "
+                         f"AND t.urn <= {lake.sql_literal(high)}")
+
+            def attempt(source: pa.Table = source, predicate: str = predicate) -> int:
                 result = (
                     self._table(PUPILS, refresh=True)
-                    .merge(part, predicate, source_alias="s", target_alias="t")
+                    .merge(source, predicate, source_alias="s", target_alias="t")
                     .when_matched_update_all(predicate=f"{newer} AND ({changed})")
                     .when_matched_update(
                         updates={"extract_id": "s.extract_id", "generated_at": "s.generated_at"}, predicate=newer)
@@ -498,11 +506,11 @@ class DeltaSink:
                 return _rows_changed(result)
 
             written += self._with_retries(PUPILS, attempt, progress)
+            del source
         metrics.DELTA_ROWS_WRITTEN.labels(table=PUPILS.name).inc(written)
-        del source
-        removed = self._remove_staged(STAGED_PUPILS, snapshot, staged, progress)
+        removed = self._remove_staged(STAGED_PUPILS, snapshot, None, progress)
         metrics.FOLDED_ROWS.labels(table=STAGED_PUPILS.name).inc(removed)
-        return FoldCount(staged.num_rows, written, removed)
+        return FoldCount(staged, written, removed)
 
     def _urn_boundaries(self) -> list[str]:
         """Where the pupils fold cuts its URN ranges: quantiles of the register's URNs (stable from day to
@@ -518,7 +526,7 @@ class DeltaSink:
                                 ] if len(urns) >= PUPIL_FOLD_RANGES * 4 else []
         return self._boundaries
 
-    def _remove_staged(self, contract: TableContract, snapshot: DeltaTable, folded: pa.Table,
+    def _remove_staged(self, contract: TableContract, snapshot: DeltaTable, folded: pa.Table | None,
                        progress: _Progress) -> int:
         """Remove the folded rows from staging.
 
@@ -535,6 +543,8 @@ class DeltaSink:
                 raise
             progress.conflicts += 1
             metrics.DELTA_COMMIT_CONFLICTS.labels(table=contract.name).inc()
+            if folded is None:  # the folded rows' keys, read back from the snapshot (no other column)
+                folded = snapshot.to_pyarrow_table(columns=[*contract.key, "extract_id"])
             return self._remove_staged_rows(contract, folded, progress)
         metrics.DELTA_COMMIT_SECONDS.labels(table=contract.name).observe(time.perf_counter() - started)
         return removed
@@ -645,14 +655,13 @@ class DeltaSink:
         raise AssertionError("unreachable")
 
 
-def _urn_ranges(source: pa.Table, boundaries: list[str]) -> list[tuple[str | None, str | None, pa.Table]]:
-    """``source`` (sorted by urn) cut at ``boundaries``: (low, high, rows with low <= urn < high), empty ranges
-    left out; the first range has no low and the last no high."""
-    urns = source.column("urn").to_numpy(zero_copy_only=False)
-    cuts = [0, *(int(i) for i in np.searchsorted(urns, boundaries, side="left")), source.num_rows]
-    edges: list[str | None] = [None, *boundaries, None]
-    return [(edges[i], edges[i + 1], source.slice(cuts[i], cuts[i + 1] - cuts[i]))
-            for i in range(len(cuts) - 1) if cuts[i + 1] > cuts[i]]
+def fold_ranges(urns: pa.Array | pa.ChunkedArray, boundaries: list[str]) -> pa.Array:
+    """The fold range of each URN: the number of ``boundaries`` at or below it (0 .. len(boundaries))."""
+    values = urns.to_numpy(zero_copy_only=False)
+    if not boundaries:
+        return pa.array(np.zeros(len(values), dtype=np.int32))
+    ranges = np.searchsorted(np.array(boundaries, dtype=object), values, side="right")
+    return pa.array(ranges.astype(np.int32))
 
 
 def _school_day_keys(data: pa.Table) -> pa.ChunkedArray:

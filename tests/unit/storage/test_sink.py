@@ -13,7 +13,7 @@ import pytest
 from deltalake import DeltaTable
 
 from storage import lake
-from storage.sink import PUPIL_FOLD_RANGES, DeltaSink, SinkBatch, _urn_ranges, dedupe_newest
+from storage.sink import PUPIL_FOLD_RANGES, DeltaSink, SinkBatch, dedupe_newest, fold_ranges
 from storage.tables import (
     ATTENDANCE_SESSIONS,
     EXTRACTS,
@@ -475,16 +475,10 @@ def test_quarantined_messages_names_only_the_messages_the_quarantine_already_hol
     assert sink.quarantined_messages([]) == set()
 
 
-def test_urn_ranges_cut_sorted_rows_at_the_boundaries_and_leave_out_empty_ranges() -> None:
-    source = pa.table({"urn": ["100001", "100002", "100500", "120000", "140000"]})
-    ranges = _urn_ranges(source, ["100100", "110000", "130000"])
-    assert [(low, high, part.column("urn").to_pylist()) for low, high, part in ranges] == [
-        (None, "100100", ["100001", "100002"]),
-        ("100100", "110000", ["100500"]),
-        ("110000", "130000", ["120000"]),
-        ("130000", None, ["140000"]),
-    ]
-    assert [part.num_rows for *_, part in _urn_ranges(source, [])] == [5]
+def test_fold_ranges_count_the_boundaries_at_or_below_each_urn() -> None:
+    urns = pa.array(["140000", "100001", "100100", "120000", "100002"])
+    assert fold_ranges(urns, ["100100", "110000", "130000"]).to_pylist() == [3, 0, 1, 2, 0]
+    assert fold_ranges(urns, []).to_pylist() == [0] * 5
 
 
 def test_the_pupils_fold_works_in_urn_ranges_and_every_file_holds_one_range(lake_uri: str) -> None:
