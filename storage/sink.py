@@ -67,8 +67,11 @@ log = logging.getLogger(__name__)
 #: The table whose commits carry the Kafka offsets (see module docstring).
 OFFSETS_TABLE = ATTENDANCE_SESSIONS
 
-#: URN ranges a pupils fold works in, one MERGE each (see ``DeltaSink._fold_pupils``).
+#: URN ranges a pupils fold works in, one MERGE each (see ``DeltaSink._fold_pupils``): at least this many,
+#: more for a large register (one range per ``SCHOOLS_PER_FOLD_RANGE`` schools, about 250,000 pupils), so
+#: that a fold's memory stays bounded whatever the day's size.
 PUPIL_FOLD_RANGES = 16
+SCHOOLS_PER_FOLD_RANGE = 650
 
 #: Pupil columns whose change makes a new version of the pupil (``current_since`` moves).
 PUPIL_CHARACTERISTICS = tuple(
@@ -522,8 +525,9 @@ class DeltaSink:
                 urns = sorted(set(register.column("urn").to_pylist()))
             except Exception:  # noqa: BLE001 - no register table (yet): one range
                 urns = []
-            self._boundaries = [urns[len(urns) * i // PUPIL_FOLD_RANGES] for i in range(1, PUPIL_FOLD_RANGES)
-                                ] if len(urns) >= PUPIL_FOLD_RANGES * 4 else []
+            ranges = max(PUPIL_FOLD_RANGES, len(urns) // SCHOOLS_PER_FOLD_RANGE)
+            self._boundaries = [urns[len(urns) * i // ranges] for i in range(1, ranges)
+                                ] if len(urns) >= ranges * 4 else []
         return self._boundaries
 
     def _remove_staged(self, contract: TableContract, snapshot: DeltaTable, folded: pa.Table | None,
