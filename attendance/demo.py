@@ -16,22 +16,7 @@ from pathlib import Path
 import click
 
 from attendance.settings import get_settings
-
-
-def _last_weekday(day: dt.date) -> dt.date:
-    while day.weekday() >= 5:
-        day -= dt.timedelta(days=1)
-    return day
-
-
-def _school_days(end: dt.date, count: int) -> list[dt.date]:
-    days: list[dt.date] = []
-    day = end
-    while len(days) < count:
-        if day.weekday() < 5:
-            days.append(day)
-        day -= dt.timedelta(days=1)
-    return sorted(days)
+from official_stats.periods import school_days_ending
 
 
 def _run(step: str, args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -74,8 +59,8 @@ def demo_command(schools: int, days: int, data_dir: Path, keep_broker: bool) -> 
         lake = Path(settings.lake_uri)
         if lake.exists() and not settings.lake_uri.startswith("s3://"):
             shutil.rmtree(lake)  # the demo starts from an empty lake
-        end = _last_weekday(dt.date.today())
-        school_days = _school_days(end, days)
+        school_days = school_days_ending(dt.date.today(), days)
+        end = school_days[-1]
         steps = [
             ("topics", ["topics", "create"]),
             ("generate", ["generate", "--out", str(data_dir), "--schools", str(schools), "--start-date",

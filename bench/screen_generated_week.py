@@ -40,44 +40,8 @@ from pathlib import Path
 
 import polars as pl
 
-#: Published indicators that are not suppressed: school counts (the register is public) and dates.
-NOT_SUPPRESSED = frozenset(
-    {"num_schools", "school_submitted_count", "school_all_count"}
-    | {"attendance_date", "week_commencing", "reference_date"}
-)
-#: EES time, geography and filter columns (describe a row, never a figure).
-DESCRIPTIVE = frozenset(
-    {
-        "time_period",
-        "time_identifier",
-        "geographic_level",
-        "country_code",
-        "country_name",
-        "region_code",
-        "region_name",
-        "new_la_code",
-        "la_name",
-        "old_la_code",
-        "time_frame",
-        "education_phase",
-        "fsm_status",
-        "sen_status",
-        "year_group",
-    }
-)
-
-
-def school_days_ending(end: dt.date, count: int) -> list[dt.date]:
-    """The ``count`` weekdays up to and including ``end`` (the most recent weekday if ``end`` is not one)."""
-    while end.weekday() >= 5:
-        end -= dt.timedelta(days=1)
-    days: list[dt.date] = []
-    day = end
-    while len(days) < count:
-        if day.weekday() < 5:
-            days.append(day)
-        day -= dt.timedelta(days=1)
-    return sorted(days)
+from official_stats.ees import DESCRIPTIVE_COLUMNS, UNSUPPRESSED_INDICATORS
+from official_stats.periods import school_days_ending
 
 
 def lone_school_cells(data: pl.DataFrame) -> int:
@@ -89,7 +53,7 @@ def lone_school_cells(data: pl.DataFrame) -> int:
         return 0
     lone = pl.any_horizontal([pl.col(c).cast(pl.Float64, strict=False).round(0) <= 1 for c in schools])
     rows = data.filter((pl.col("geographic_level") == "Local authority") & lone.fill_null(False))
-    figures = [c for c in data.columns if c not in DESCRIPTIVE and c not in NOT_SUPPRESSED]
+    figures = [c for c in data.columns if c not in DESCRIPTIVE_COLUMNS and c not in UNSUPPRESSED_INDICATORS]
     if rows.height == 0 or not figures:
         return 0
     shown = rows.select(

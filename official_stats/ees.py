@@ -63,6 +63,14 @@ MANDATORY_COLUMNS: tuple[str, ...] = (
     "la_name",
     "old_la_code",
 )
+#: Columns that describe a row (time, geography, filters), never a figure.
+DESCRIPTIVE_COLUMNS: frozenset[str] = frozenset(MANDATORY_COLUMNS) | {
+    "time_frame", "education_phase", "fsm_status", "sen_status", "year_group"}
+#: Published indicators that disclosure control never suppresses: school counts (the register is public) and
+#: dates.
+UNSUPPRESSED_INDICATORS: frozenset[str] = frozenset({
+    "num_schools", "school_submitted_count", "school_all_count", "attendance_date", "week_commencing",
+    "reference_date"})
 META_COLUMNS: tuple[str, ...] = (
     "col_name",
     "col_type",

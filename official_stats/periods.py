@@ -124,3 +124,15 @@ def term_expr(date: pl.Expr) -> pl.Expr:
         .then(pl.lit(Term.SPRING.value))
         .otherwise(pl.lit(Term.SUMMER.value))
     )
+
+
+def school_days_ending(end: dt.date, count: int) -> list[dt.date]:
+    """The ``count`` weekdays up to and including ``end`` (the most recent weekday if ``end`` is not one),
+    oldest first."""
+    days: list[dt.date] = []
+    day = end
+    while len(days) < count:
+        if day.weekday() < 5:
+            days.append(day)
+        day -= dt.timedelta(days=1)
+    return sorted(days)

@@ -18,49 +18,12 @@ import pytest
 from access.leakscan import scan_frame, scan_outputs
 from attendance.settings import Settings
 from official_stats.disclosure import DisclosureRules
+from official_stats.ees import DESCRIPTIVE_COLUMNS, UNSUPPRESSED_INDICATORS
+from official_stats.periods import school_days_ending
 from official_stats.screener import screen_files
 from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration
-
-#: Published columns that are never suppressed: school counts (the register is public) and dates.
-NOT_SUPPRESSED = {
-    "num_schools",
-    "school_submitted_count",
-    "school_all_count",
-    "attendance_date",
-    "week_commencing",
-    "reference_date",
-}
-#: EES time, geography and filter columns.
-DESCRIPTIVE = {
-    "time_period",
-    "time_identifier",
-    "geographic_level",
-    "country_code",
-    "country_name",
-    "region_code",
-    "region_name",
-    "new_la_code",
-    "la_name",
-    "old_la_code",
-    "time_frame",
-    "education_phase",
-    "fsm_status",
-    "sen_status",
-    "year_group",
-}
-
-
-def school_days_ending(end: dt.date, count: int) -> list[dt.date]:
-    while end.weekday() >= 5:
-        end -= dt.timedelta(days=1)
-    days: list[dt.date] = []
-    while len(days) < count:
-        if end.weekday() < 5:
-            days.append(end)
-        end -= dt.timedelta(days=1)
-    return sorted(days)
 
 
 def attendance(
@@ -170,7 +133,7 @@ def test_no_published_cell_reveals_a_local_authority_of_one_school(
             (pl.col("school_submitted_count").cast(pl.Int64) <= 1)
             | (pl.col("num_schools").cast(pl.Float64).round(0) <= 1)
         )
-        figures = [c for c in frame.columns if c not in DESCRIPTIVE | NOT_SUPPRESSED]
+        figures = [c for c in frame.columns if c not in DESCRIPTIVE_COLUMNS | UNSUPPRESSED_INDICATORS]
         shown = {c: lone.filter(pl.col(c) != "c").height for c in figures}
         assert {c: n for c, n in shown.items() if n} == {}, path.name
         lone_rows += lone.height
