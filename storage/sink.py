@@ -432,38 +432,39 @@ class DeltaSink:
             return sum(_row_count(self._table(contract, refresh=True))
                        for contract in (STAGED_SESSIONS, STAGED_PUPILS))
 
-    def _snapshot(self, contract: TableContract) -> tuple[DeltaTable, pa.Table]:
-        """A staging table's current version, as its own DeltaTable object (never refreshed: see
-        ``_remove_staged``) and its rows."""
-        delta = lake.ensure_table(contract, self.lake_uri, self.storage_options)
-        return delta, delta.to_pyarrow_table()
-
     def _fold_sessions(self, progress: _Progress) -> FoldCount:
-        snapshot, staged = self._snapshot(STAGED_SESSIONS)
-        if not staged.num_rows:
+        """One MERGE per amended day (staging is partitioned by date, so each reads only its day): memory
+        follows one day's amendments, and the day as a literal prunes the target to that partition (and two
+        folds into different days never conflict: stack notes)."""
+        snapshot = lake.ensure_table(STAGED_SESSIONS, self.lake_uri, self.storage_options)
+        actions = pa.table(snapshot.get_add_actions(flatten=True))
+        if not actions.num_rows:
             return FoldCount(0, 0, 0)
-        source = dedupe_newest(staged, ATTENDANCE_SESSIONS.key, "generated_at")
-        self._record_school_days(source, progress, skip_recorded=True)
-        # The dates as literals: concurrent MERGEs into other days never conflict, and the scan is pruned to
-        # the days amended (stack notes).
-        predicate = f"{_equal_match(ATTENDANCE_SESSIONS.key)} AND " + lake.in_list(
-            "t.date", source.column("date").cast(pa.string()))
+        staged = changed = 0
+        for day in sorted(set(actions.column("partition.date").to_pylist())):
+            part = snapshot.to_pyarrow_table(filters=[("date", "=", day)])
+            staged += part.num_rows
+            source = dedupe_newest(part, ATTENDANCE_SESSIONS.key, "generated_at")
+            del part
+            self._record_school_days(source, progress, skip_recorded=True)
+            predicate = f"{_equal_match(ATTENDANCE_SESSIONS.key)} AND t.date = {lake.sql_literal(day)}"
 
-        def attempt() -> int:
-            result = (
-                self._table(ATTENDANCE_SESSIONS, refresh=True)
-                .merge(source, predicate, source_alias="s", target_alias="t")
-                .when_matched_update_all(predicate="s.generated_at > t.generated_at")
-                .when_not_matched_insert_all()
-                .execute()
-            )
-            return _rows_changed(result)
+            def attempt(source: pa.Table = source, predicate: str = predicate) -> int:
+                result = (
+                    self._table(ATTENDANCE_SESSIONS, refresh=True)
+                    .merge(source, predicate, source_alias="s", target_alias="t")
+                    .when_matched_update_all(predicate="s.generated_at > t.generated_at")
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
+                return _rows_changed(result)
 
-        changed = self._with_retries(ATTENDANCE_SESSIONS, attempt, progress)
+            changed += self._with_retries(ATTENDANCE_SESSIONS, attempt, progress)
+            del source
         metrics.DELTA_ROWS_WRITTEN.labels(table=ATTENDANCE_SESSIONS.name).inc(changed)
-        removed = self._remove_staged(STAGED_SESSIONS, snapshot, staged, progress)
+        removed = self._remove_staged(STAGED_SESSIONS, snapshot, None, progress)
         metrics.FOLDED_ROWS.labels(table=STAGED_SESSIONS.name).inc(removed)
-        return FoldCount(staged.num_rows, changed, removed)
+        return FoldCount(staged, changed, removed)
 
     def _fold_pupils(self, now: datetime, progress: _Progress) -> FoldCount:
         """Newest generated_at wins per (urn, upn): a newer record with different characteristics is a new
