@@ -219,7 +219,8 @@ class ExtractWorker:
                 self.state.end_offsets = {(tp.topic, tp.partition): hw for tp, hw in highwaters.items()}
         if self.until_drained and not self.state.topic_end_offsets:
             # The run-once target: every partition of the topic, as it stands when this worker starts.
-            count = self.app.consumer.topic_partitions(self.settings.topic_extracts) or 0
+            count = (self.app.consumer.topic_partitions(self.settings.topic_extracts)
+                     or self.settings.extracts_partitions)  # metadata not loaded yet: the configured count
             tps = [TP(self.settings.topic_extracts, p) for p in range(count)]
             if tps:
                 ends = await self.app.consumer.highwaters(*tps)
@@ -422,7 +423,10 @@ class ExtractWorker:
                 await self._unstall(highwaters)
             except Exception:  # noqa: BLE001 - best effort; never stop the worker over it
                 log.debug("could not check for stalled partitions", exc_info=True)
-        if self.until_drained and self.state.assigned and self.state.end_offsets:
+        # Drained only once the assignment is fully set up: the whole topic's end offsets are known (else a
+        # partition a dead member still holds would count as covered and be left unread).
+        if (self.until_drained and self.state.assigned and self.state.end_offsets and self.state.topic_end_offsets
+                and self.assignment_ready.is_set()):
             caught_up = all(self.state.next_offset.get(tp, 0) >= end for tp, end in self.state.end_offsets.items())
             if caught_up and not self._lock.locked() and await self._others_covered():
                 async with self._lock:
@@ -449,6 +453,8 @@ class ExtractWorker:
     async def _others_covered(self) -> bool:
         """Partitions this worker does not hold are done only when Delta's offsets cover them: a member that
         died still holds its partitions until the group evicts it, and exiting then would leave them unread."""
+        if not self.state.topic_end_offsets:
+            return False  # not known yet
         loop = asyncio.get_running_loop()
         for (topic, partition), end in self.state.topic_end_offsets.items():
             if (topic, partition) in self.state.assigned or end == 0:
