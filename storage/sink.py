@@ -426,22 +426,24 @@ class DeltaSink:
                 metrics.STAGED_ROWS.labels(table=contract.name).set(0)
             return FoldResult(sessions, pupils, progress.conflicts, seconds)
 
-    def staged_rows(self) -> int:
-        """Rows waiting in staging (all writers')."""
-        with self._lock:
-            return sum(_row_count(self._table(contract, refresh=True))
-                       for contract in (STAGED_SESSIONS, STAGED_PUPILS))
+    def _staged_partitions(self, contract: TableContract) -> tuple[DeltaTable, list[Any]]:
+        """A staging table's current version (its own DeltaTable object, never refreshed: see
+        ``_remove_staged``) and the values of its partition column that hold rows, in order."""
+        snapshot = lake.ensure_table(contract, self.lake_uri, self.storage_options)
+        actions = pa.table(snapshot.get_add_actions(flatten=True))
+        if not actions.num_rows:
+            return snapshot, []
+        return snapshot, sorted(set(actions.column(f"partition.{contract.partition_by[0]}").to_pylist()))
 
     def _fold_sessions(self, progress: _Progress) -> FoldCount:
         """One MERGE per amended day (staging is partitioned by date, so each reads only its day): memory
         follows one day's amendments, and the day as a literal prunes the target to that partition (and two
         folds into different days never conflict: stack notes)."""
-        snapshot = lake.ensure_table(STAGED_SESSIONS, self.lake_uri, self.storage_options)
-        actions = pa.table(snapshot.get_add_actions(flatten=True))
-        if not actions.num_rows:
+        snapshot, days = self._staged_partitions(STAGED_SESSIONS)
+        if not days:
             return FoldCount(0, 0, 0)
         staged = changed = 0
-        for day in sorted(set(actions.column("partition.date").to_pylist())):
+        for day in days:
             part = snapshot.to_pyarrow_table(filters=[("date", "=", day)])
             staged += part.num_rows
             source = dedupe_newest(part, ATTENDANCE_SESSIONS.key, "generated_at")
@@ -477,14 +479,13 @@ class DeltaSink:
         whole national day at once. Every file a range's MERGE writes holds URNs of that range only, so
         delta-rs prunes the other ranges' files (URN statistics) and a fold rewrites the table once.
         """
-        snapshot = lake.ensure_table(STAGED_PUPILS, self.lake_uri, self.storage_options)
-        actions = pa.table(snapshot.get_add_actions(flatten=True))
-        if not actions.num_rows:
+        snapshot, fold_ranges_staged = self._staged_partitions(STAGED_PUPILS)
+        if not fold_ranges_staged:
             return FoldCount(0, 0, 0)
         changed = " OR ".join(f"(t.{name} IS DISTINCT FROM s.{name})" for name in PUPIL_CHARACTERISTICS)
         newer = "s.generated_at > t.generated_at"
         staged = written = 0
-        for fold_range in sorted(set(actions.column("partition.fold_range").to_pylist())):
+        for fold_range in fold_ranges_staged:
             part = snapshot.to_pyarrow_table(filters=[("fold_range", "=", fold_range)])
             staged += part.num_rows
             source = dedupe_newest(lake.conform(part.drop_columns(["current_since", "fold_range"]), PUPILS,
@@ -654,12 +655,6 @@ def _school_day_keys(data: pa.Table) -> pa.ChunkedArray:
 
 def _rows_changed(merge_metrics: Mapping[str, Any]) -> int:
     return int(merge_metrics["num_target_rows_inserted"]) + int(merge_metrics["num_target_rows_updated"])
-
-
-def _row_count(delta: DeltaTable) -> int:
-    """Rows in the table's current version, from the Delta log's file statistics (no data read)."""
-    actions = pa.table(delta.get_add_actions(flatten=True))
-    return int(pc.sum(actions.column("num_records")).as_py() or 0) if actions.num_rows else 0
 
 
 def _has_rows(data: pa.Table | None) -> bool:
