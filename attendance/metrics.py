@@ -52,6 +52,12 @@ BATCH_MESSAGES = Histogram(
 BATCH_PROCESSING_SECONDS = Histogram(
     "attendance_batch_processing_seconds", "Time to decode, validate and commit one batch.",
     buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+BATCH_STAGE_SECONDS = Histogram(
+    "attendance_batch_stage_seconds",
+    "Time one batch spent in each stage of the worker: gather (waiting for its records), barrier (opt-out "
+    "catch-up), process (decode, validate, judge), wait (for the batch before to commit), write (its Delta "
+    "commits).",
+    ["stage"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 END_TO_END_SECONDS = Histogram(
     "attendance_end_to_end_latency_seconds", "From an extract's generated_at to its rows committed in Delta.",
     buckets=_E2E_BUCKETS, registry=REGISTRY)

@@ -69,6 +69,8 @@ SESSIONS_HASH_EXCLUDED = ("ingested_at",)
 
 _LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ streams\.app: (.*)$")
 _ASSIGNED = re.compile(r"^assigned (\d+) extract partitions")
+_STAGE = re.compile(r"\b(gather|barrier|process|wait|write) ([\d.]+)s\b")
+_FOLD_SECONDS = re.compile(r" in ([\d.]+) ?s\b")
 
 
 # --- pure helpers -------------------------------------------------------------------------------------------
@@ -138,6 +140,8 @@ class WorkerLog:
     last_commit: float | None = None  # the last batch (or fold of staged rows) committed to Delta
     batches: int = 0
     replays_skipped: int = 0
+    #: Seconds summed over committed batches, per worker stage (process, wait, write), and in folds.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def parse_worker_log(lines: Iterable[str]) -> WorkerLog:
@@ -145,6 +149,7 @@ def parse_worker_log(lines: Iterable[str]) -> WorkerLog:
     first: float | None = None
     last: float | None = None
     batches = skipped = 0
+    stages: dict[str, float] = {}
     for line in lines:
         match = _LOG_LINE.search(line.rstrip("\n"))  # a line may start with a terminal escape
         if not match:
@@ -158,11 +163,16 @@ def parse_worker_log(lines: Iterable[str]) -> WorkerLog:
             if message.endswith("(committed)"):
                 batches += 1
                 last = moment if last is None else max(last, moment)
+                for stage, seconds in _STAGE.findall(message):
+                    stages[stage] = stages.get(stage, 0.0) + float(seconds)
             else:
                 skipped += 1
         elif message.startswith("fold (") and "failed" not in message:
             last = moment if last is None else max(last, moment)  # staged rows land in their tables
-    return WorkerLog(first, last, batches, skipped)
+            timed = _FOLD_SECONDS.search(message)
+            if timed:
+                stages["fold"] = stages.get("fold", 0.0) + float(timed.group(1))
+    return WorkerLog(first, last, batches, skipped, {k: round(v, 2) for k, v in stages.items()})
 
 
 def merge_worker_logs(logs: Iterable[WorkerLog]) -> WorkerLog:
@@ -170,8 +180,12 @@ def merge_worker_logs(logs: Iterable[WorkerLog]) -> WorkerLog:
     logs = list(logs)
     firsts = [w.first_assigned for w in logs if w.first_assigned is not None]
     lasts = [w.last_commit for w in logs if w.last_commit is not None]
+    stages: dict[str, float] = {}
+    for w in logs:
+        for stage, seconds in w.stage_seconds.items():
+            stages[stage] = round(stages.get(stage, 0.0) + seconds, 2)
     return WorkerLog(min(firsts) if firsts else None, max(lasts) if lasts else None,
-                     sum(w.batches for w in logs), sum(w.replays_skipped for w in logs))
+                     sum(w.batches for w in logs), sum(w.replays_skipped for w in logs), stages)
 
 
 def sessions_content_hash(batches: Iterable[pa.Table | pa.RecordBatch]) -> str:
@@ -517,6 +531,7 @@ def run_workers(settings: Settings, *, count: int, lake: Path, group: str, logs:
         "last_commit_at": parsed.last_commit,
         "batches": parsed.batches,
         "replays_skipped": parsed.replays_skipped,
+        "stage_seconds_summed": parsed.stage_seconds,
         "stopped_after_drained": len(stopped),
         "peak_rss_mib": [round(r, 1) for r in rss],
         "peak_rss_mib_max": round(max(rss), 1),
@@ -783,7 +798,7 @@ def run_national(options: BenchOptions, settings: Settings, echo: Callable[[str]
                     ratio = round(stages["bare_consume"]["seconds"] / result["seconds"], 3)
                 stages["pipeline"] = {
                     **rates, **{k: result[k] for k in ("workers", "wall_seconds", "batches", "peak_rss_mib_max",
-                                                "stopped_after_drained")},
+                                                "stopped_after_drained", "stage_seconds_summed")},
                     "peak_rss_mib": result["peak_rss_mib_sum"], "ratio_to_bare": ratio,
                     "ratio_target": PIPELINE_RATIO_TARGET,
                     "meets_ratio_target": ratio is not None and ratio >= PIPELINE_RATIO_TARGET,

@@ -122,6 +122,7 @@ class ExtractWorker:
         # The batch being written while the next one is processed (decode and validation overlap the Delta
         # write of the batch before: two stages, two cores). Its offsets commit before the next batch's.
         self._write_task: asyncio.Future | None = None
+        self._handled_at = 0.0  # perf_counter when the last batch was handed to its write (stage timing)
         from attendance.http import Readiness
 
         self.readiness = Readiness()
@@ -231,6 +232,11 @@ class ExtractWorker:
         log.info("assigned %d extract partitions; resuming from Delta offsets", len(mine))
 
     async def handle(self, records: Sequence[RawRecord]) -> None:
+        arrived = time.perf_counter()
+        # Stage times of this batch, for its log line and metrics: gather (since the batch before was handed
+        # to its write: waiting for records), barrier (the opt-out catch-up), process, wait (for the write of
+        # the batch before); write is added by _write.
+        stages = {"gather": arrived - self._handled_at if self._handled_at else 0.0}
         await self.assignment_ready.wait()  # never judge records before Delta's offsets are known
         async with self._lock:
             fresh = self._in_sequence(records)
@@ -239,19 +245,25 @@ class ExtractWorker:
             if not self._optouts_started:
                 await self.optouts.start()
                 self._optouts_started = True
+            barrier = time.perf_counter()
             await self.optouts.catch_up()  # the ordering barrier: every opt-out published so far is known
             started = time.perf_counter()
+            stages["barrier"] = started - barrier
             now = self._now()
             opted_out = self.optouts.opted_out(now)
             loop = asyncio.get_running_loop()
             outcome = await loop.run_in_executor(None, self.processor.process, fresh, opted_out, now)
+            processed = time.perf_counter()
             # The next batch continues after this one; if this one's write fails, on_batch_failed goes back
             # to Delta's offsets.
             for tp in {r.tp for r in fresh}:
                 self.state.next_offset[tp] = max(r.offset for r in fresh if r.tp == tp) + 1
             await self.settle_write()  # the batch before commits first (its offsets are lower)
+            stages["process"] = processed - started
+            stages["wait"] = time.perf_counter() - processed
             await self._dead_letter(outcome)
-            self._write_task = asyncio.ensure_future(self._write(outcome, len(fresh), started))
+            self._write_task = asyncio.ensure_future(self._write(outcome, len(fresh), started, stages))
+            self._handled_at = time.perf_counter()
 
     async def settle_write(self) -> None:
         """Wait for the batch being written. If its write failed, go back to Delta's offsets and raise
@@ -268,10 +280,16 @@ class ExtractWorker:
             raise BatchAbandoned(str(exc)) from exc
         self.consecutive_failures = 0
 
-    async def _write(self, outcome: BatchOutcome, messages: int, started: float) -> None:
-        """Stage two: the batch's Delta commits (offsets last), then its metrics."""
+    async def _write(self, outcome: BatchOutcome, messages: int, started: float,
+                     stages: dict[str, float] | None = None) -> None:
+        """Stage two: the batch's Delta commits (offsets last), then its metrics. ``stages``: seconds the batch
+        spent in the stages before (see ``handle``); the write's are added, and all are logged."""
         loop = asyncio.get_running_loop()
+        writing = time.perf_counter()
         result = await loop.run_in_executor(None, self.sink.write_batch, outcome.sink)
+        stages = {**(stages or {}), "write": time.perf_counter() - writing}
+        for stage, seconds in stages.items():
+            metrics.BATCH_STAGE_SECONDS.labels(stage=stage).observe(seconds)
         # Mirror Delta's offsets into the group (for lag tools, and so Faust's seek-to-committed on the
         # next assignment starts near the right place); Delta stays the truth.
         committed = {TP(t, p): o + 1 for (t, p), o in outcome.sink.offsets.items() if (t, p) in self.state.assigned}
@@ -282,8 +300,9 @@ class ExtractWorker:
         self.state.last_batch_at = self.state.last_record_at = time.monotonic()
         self.state.staged_since_fold += sum(
             result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS))
-        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, rss %d MiB, offsets %s (%s)",
-                 messages, outcome.pupils_accepted, outcome.marks_accepted, _rss_mib(),
+        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, %s, rss %d MiB, offsets %s (%s)",
+                 messages, outcome.pupils_accepted, outcome.marks_accepted,
+                 ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stages.items()), _rss_mib(),
                  dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
         if self.state.staged_since_fold >= self.settings.fold_max_staged_rows:
             await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")

@@ -69,6 +69,7 @@ class OptOutRegister:
         self.bootstrap, self.topic = bootstrap, topic
         self.states: dict[str, OptOutState] = {}
         self._consumer = None
+        self._end_offsets = None
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -76,6 +77,13 @@ class OptOutRegister:
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
                                           auto_offset_reset="earliest", group_id=None)
         await self._consumer.start()
+        # End offsets are asked on a connection of their own: a broker answers one request per connection at
+        # a time, and the reading consumer's connection nearly always has a fetch waiting (up to
+        # fetch_max_wait_ms, 500 ms) for records on this quiet topic, which would delay every barrier by that
+        # much (measured: 0.2-0.5 s a batch). This consumer is assigned nothing, so it never fetches.
+        self._end_offsets = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                             group_id=None)
+        await self._end_offsets.start()
         partitions = self._consumer.partitions_for_topic(self.topic) or {0}
         self._tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         self._consumer.assign(self._tps)
@@ -86,8 +94,8 @@ class OptOutRegister:
         import asyncio
 
         consumer = self._consumer
-        assert consumer is not None, "start() first"
-        ends = await consumer.end_offsets(self._tps)
+        assert consumer is not None and self._end_offsets is not None, "start() first"
+        ends = await self._end_offsets.end_offsets(self._tps)
         deadline = asyncio.get_running_loop().time() + timeout_s
         while any([await consumer.position(tp) < ends[tp] for tp in self._tps]):
             if asyncio.get_running_loop().time() > deadline:
@@ -113,9 +121,10 @@ class OptOutRegister:
         return opted_out_urns(self.states.values(), now)
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        for consumer in (self._consumer, self._end_offsets):
+            if consumer is not None:
+                await consumer.stop()
+        self._consumer = self._end_offsets = None
 
 
 def read_optouts(bootstrap: str, topic: str, timeout_s: float = 10.0) -> dict[str, OptOutState]:
