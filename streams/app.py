@@ -106,6 +106,7 @@ class ExtractWorker:
             max_age_days=settings.extract_max_age_days,
             amendment_window_school_days=settings.amendment_window_school_days,
             incomplete_timeout_s=settings.incomplete_extract_timeout_s,
+            decode_threads=settings.decode_threads,
         ))
         self.optouts = OptOutRegister(self.bootstrap, settings.topic_optouts)
         self.state = WorkerState()

@@ -90,6 +90,7 @@ class ProcessorConfig:
     max_age_days: int = 30
     amendment_window_school_days: int = 7
     incomplete_timeout_s: float = 3600.0
+    decode_threads: int = 1
 
 
 def _utc(ms: int) -> dt.datetime:
@@ -170,7 +171,7 @@ class BatchProcessor:
             "offset": pl.Series([r.offset for r in records], dtype=pl.Int64),
             "timestamp_ms": pl.Series([r.timestamp_ms for r in records], dtype=pl.Int64),
         })
-        decoded = decode_messages([r.value for r in records])
+        decoded = decode_messages([r.value for r in records], threads=self.config.decode_threads)
         outcome.extra_fields_dropped += decoded.extra_fields_dropped
         headers = pl.from_arrow(decoded.headers)
         outcome.pupils_consumed += int(headers["pupils_in_message"].sum() or 0) if headers.height else 0

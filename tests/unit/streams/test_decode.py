@@ -75,7 +75,7 @@ def reasons(table: pa.Table) -> list[tuple]:
 def force_slow(monkeypatch) -> None:
     """Make every message take the slow path (Arrow's parse 'fails' for each)."""
     monkeypatch.setattr(
-        decode_module, "_parse_isolating", lambda buffer, bounds, start, stop: ([], list(range(start, stop)))
+        decode_module, "_parse_isolating", lambda buffer, bounds, start, stop, threads=1: ([], list(range(start, stop)))
     )
 
 
@@ -449,6 +449,23 @@ def test_faults_arrow_cannot_place_are_isolated_whatever_the_block_size(monkeypa
     assert batch.headers.column("msg_index").to_pylist() == [0, 1, 2, 4, 5, 7, 8, 9, 10, 11]
     assert batch.pupils.num_rows == 19
     assert 3 <= batch.slow_path_messages <= 4  # a misplaced row may send an innocent neighbour the slow way
+
+
+@pytest.mark.parametrize("block_bytes", [1, 4096])
+def test_parsing_blocks_on_several_threads_gives_the_same_batch(monkeypatch, block_bytes):
+    monkeypatch.setattr(decode_module, "_BLOCK_BYTES", block_bytes)  # many blocks, some failing
+    messages = [encode(message(urn=f"1000{i:02d}")) for i in range(16)]
+    messages[2] = encode(message(chunk_index=2**70))
+    messages[5] = b'{"urn": "100005", "pupils": [}'
+    mistyped = message()
+    mistyped["pupils"][1]["sex"] = 1
+    messages[11] = encode(mistyped)
+    messages[13] = json.dumps(with_extras(), indent=1).encode()
+    one = decode_messages(messages)
+    several = decode_messages(messages, threads=3)
+    assert_same_batch(one, several)
+    assert several.slow_path_messages == one.slow_path_messages
+    assert several.extra_fields_dropped == one.extra_fields_dropped > 0
 
 
 def test_one_mistyped_pupil_does_not_disturb_other_messages_of_the_batch():
