@@ -176,6 +176,13 @@ def _replay(batch: SinkBatch, stored: Mapping[TopicPartition, int]) -> bool:
     return _stale(batch.offsets, stored) or covered
 
 
+def _read_partition(snapshot: DeltaTable, column: str, value: Any) -> pa.Table:
+    """One partition of a table version. Its files are chosen from the Delta log before any is opened
+    (``to_pyarrow_table(filters=...)`` builds a fragment for every file of the table first: a fold reading
+    one partition after another then spent O(partitions x files), seconds for a national day)."""
+    return snapshot.to_pyarrow_dataset(file_pruning_predicate=[(column, "=", value)]).to_table()
+
+
 def dedupe_newest(data: pa.Table, key: tuple[str, ...], order_by: str) -> pa.Table:
     """One row per key: the one with the greatest ``order_by`` (the last such row in batch order on ties).
 
@@ -444,7 +451,7 @@ class DeltaSink:
             return FoldCount(0, 0, 0)
         staged = changed = 0
         for day in days:
-            part = snapshot.to_pyarrow_table(filters=[("date", "=", day)])
+            part = _read_partition(snapshot, "date", day)
             staged += part.num_rows
             source = dedupe_newest(part, ATTENDANCE_SESSIONS.key, "generated_at")
             del part
@@ -486,7 +493,7 @@ class DeltaSink:
         newer = "s.generated_at > t.generated_at"
         staged = written = 0
         for fold_range in fold_ranges_staged:
-            part = snapshot.to_pyarrow_table(filters=[("fold_range", "=", fold_range)])
+            part = _read_partition(snapshot, "fold_range", fold_range)
             staged += part.num_rows
             source = dedupe_newest(lake.conform(part.drop_columns(["current_since", "fold_range"]), PUPILS,
                                                 fill={"current_since": now}), PUPILS.key, "generated_at")

@@ -148,6 +148,9 @@ class ExtractWorker:
             broker_commit_interval=3600.0,
             consumer_max_fetch_size=max(settings.max_message_bytes * 4, 4 * 1024 * 1024),
             stream_buffer_maxsize=max(settings.batch_max_messages * 2, 64),
+            # Faust's default (None) hands over everything aiokafka has prefetched at once (all assigned
+            # partitions' fetches, decompressed): measured, 7,400 message values (560 MiB) held at once.
+            broker_max_poll_records=settings.batch_max_messages,
             broker_session_timeout=10.0,  # a killed worker's partitions move on within seconds
             broker_heartbeat_interval=3.0,
             broker_max_poll_interval=600.0,
@@ -301,9 +304,9 @@ class ExtractWorker:
         self.state.last_batch_at = self.state.last_record_at = time.monotonic()
         self.state.staged_since_fold += sum(
             result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS))
-        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, %s, rss %d MiB, offsets %s (%s)",
+        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, %s, rss %s, offsets %s (%s)",
                  messages, outcome.pupils_accepted, outcome.marks_accepted,
-                 ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stages.items()), _rss_mib(),
+                 ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stages.items()), _resident_memory(),
                  dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
         if self.state.staged_since_fold >= self.settings.fold_max_staged_rows:
             await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")
@@ -323,8 +326,8 @@ class ExtractWorker:
             return
         self.state.staged_since_fold = 0
         self.state.last_fold_at = time.monotonic()
-        log.info("fold (%s): %d staged marks, %d staged pupil records folded in %.1fs, rss %d MiB", why,
-                 result.sessions.removed, result.pupils.removed, result.seconds, _rss_mib())
+        log.info("fold (%s): %d staged marks, %d staged pupil records folded in %.1fs, rss %s", why,
+                 result.sessions.removed, result.pupils.removed, result.seconds, _resident_memory())
 
     async def _unstall(self, highwaters: dict[TP, int]) -> None:
         """A partition with unprocessed records and nothing arriving for a while is re-seeked to where
@@ -555,13 +558,18 @@ def _return_freed_memory() -> None:
         pa.jemalloc_set_decay_ms(0)
 
 
-def _rss_mib() -> int:
-    """This process's resident memory now, in MiB (Linux; 0 elsewhere)."""
+def _resident_memory() -> str:
+    """This process's resident memory now and its peak so far, in MiB, for log lines (Linux; 0 elsewhere):
+    which batch or fold set the peak shows in the log."""
+    values = {}
     try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    values[line[:5]] = int(line.split()[1]) // 1024
     except (OSError, ValueError, IndexError):
-        return 0
+        pass
+    return f"{values.get('VmRSS', 0)} MiB (peak {values.get('VmHWM', 0)})"
 
 
 def _split_by_bytes(records: list[RawRecord], max_bytes: int) -> list[list[RawRecord]]:
