@@ -144,11 +144,13 @@ def test_stage_seconds_are_summed_over_committed_batches_and_folds():
     assert stages == {"gather": 0.03, "barrier": 0.01, "process": 0.75, "wait": 0.1, "write": 0.75, "fold": 4.4}
     merged = merge_worker_logs([parse_worker_log(lines), parse_worker_log(lines[:1])])
     assert merged.stage_seconds["process"] == 1.25
+    assert merged.last_batch == _at("2026-11-23 10:00:04.000")
+    assert merged.last_commit == _at("2026-11-23 10:00:09.500")
 
 
 def test_several_workers_span_from_the_earliest_start_to_the_latest_commit():
     merged = merge_worker_logs([WorkerLog(10.0, 20.0, 3, 0), WorkerLog(12.0, 25.0, 2, 1), WorkerLog()])
-    assert merged == WorkerLog(10.0, 25.0, 5, 1, {})
+    assert merged == WorkerLog(10.0, 25.0, 5, 1, {}, None)
 
 
 def _sessions(rows: list[tuple[str, str, str, str]], ingested_hour: int) -> pa.Table:
