@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,19 +87,6 @@ class WorkerState:
 class BatchAbandoned(RuntimeError):
     """The previous batch's write failed: the worker went back to Delta's offsets, and the batch processed
     meanwhile is dropped (it is read again)."""
-
-
-class SkippedWithUnstoredRecords(RuntimeError):
-    """Delta skipped a batch as stale (another writer had committed a later offset of one of its partitions,
-    e.g. the previous owner's last batch, committed after this worker read Delta's offsets), but the batch
-    also held records of other partitions that Delta does not have: they must be read again."""
-
-
-def records_not_stored(processed_through: Mapping[tuple[str, int], int],
-                       stored: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
-    """Partitions of a skipped batch whose processed offsets Delta does not hold: the first offset to read
-    again, per partition (empty: the skip lost nothing)."""
-    return {tp: stored.get(tp, -1) + 1 for tp, offset in processed_through.items() if stored.get(tp, -1) < offset}
 
 
 class ExtractWorker:
@@ -304,11 +291,6 @@ class ExtractWorker:
         loop = asyncio.get_running_loop()
         writing = time.perf_counter()
         result = await loop.run_in_executor(None, self.sink.write_batch, outcome.sink)
-        if result.replay_skipped:
-            unstored = records_not_stored(outcome.sink.processed_through or outcome.sink.offsets,
-                                          result.offsets_already_stored)
-            if unstored:  # the batch after this one must not commit past them: settle_write abandons it
-                raise SkippedWithUnstoredRecords(f"batch skipped as stale, but Delta lacks offsets from {unstored}")
         stages = {**(stages or {}), "write": time.perf_counter() - writing}
         for stage, seconds in stages.items():
             metrics.BATCH_STAGE_SECONDS.labels(stage=stage).observe(seconds)
@@ -377,13 +359,9 @@ class ExtractWorker:
         if task is not None:  # let a write in flight finish first: Delta's offsets below then include it
             with contextlib.suppress(Exception):
                 await task
-        expected = isinstance(exc, SkippedWithUnstoredRecords)  # a rebalance race, not a fault: no back-off
-        if expected:
-            log.warning("%s; reading again from Delta's offsets", exc)
-        else:
-            self.consecutive_failures += 1
-            log.error("batch failed (%d in a row): %s: %s", self.consecutive_failures, type(exc).__name__, exc,
-                      exc_info=exc if self.consecutive_failures == 1 else None)
+        self.consecutive_failures += 1
+        log.error("batch failed (%d in a row): %s: %s", self.consecutive_failures, type(exc).__name__, exc,
+                  exc_info=exc if self.consecutive_failures == 1 else None)
         # Forget held chunks and re-read everything Delta has not committed (held chunks included).
         self.processor.assembler.pending.clear()
         loop = asyncio.get_running_loop()
@@ -395,7 +373,7 @@ class ExtractWorker:
         if self.consecutive_failures >= self.settings.worker_max_consecutive_failures:
             self.failure = exc
             self.drained.set()  # stops the worker; run_worker exits non-zero
-        elif not expected:
+        else:
             await asyncio.sleep(min(30.0, 0.5 * 2 ** self.consecutive_failures))
 
     def _in_sequence(self, records: Sequence[RawRecord]) -> list[RawRecord]:

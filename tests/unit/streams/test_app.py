@@ -8,7 +8,7 @@ import pytest
 from aiokafka.consumer.fetcher import Fetcher
 
 from attendance.settings import Settings
-from streams.app import fold_reason, records_not_stored, tolerate_fetch_rebalance_race
+from streams.app import fold_reason, tolerate_fetch_rebalance_race
 
 SETTINGS = Settings(fold_idle_s=5.0, fold_interval_s=900.0)
 
@@ -38,12 +38,3 @@ def test_a_fetch_interrupted_by_a_rebalance_returns_nothing_instead_of_stopping_
     tolerate_fetch_rebalance_race()  # applying it twice does not wrap twice
     assert Fetcher.fetched_records._tolerates_rebalance_race  # type: ignore[attr-defined]
 
-
-def test_a_batch_skipped_as_stale_names_the_partitions_delta_lacks_and_where_to_read_them_again():
-    # The previous owner committed partition 3 further than this batch reached (so the batch is stale and
-    # skipped whole), but the batch also held records of partition 1 that Delta does not have.
-    processed = {("extracts", 1): 1330, ("extracts", 3): 715}
-    stored = {("extracts", 1): 1199, ("extracts", 3): 900}
-    assert records_not_stored(processed, stored) == {("extracts", 1): 1200}
-    assert records_not_stored(processed, {("extracts", 1): 1330, ("extracts", 3): 900}) == {}
-    assert records_not_stored({("extracts", 5): 10}, {}) == {("extracts", 5): 0}
