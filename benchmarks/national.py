@@ -48,6 +48,7 @@ import polars as pl
 import pyarrow as pa
 
 from attendance.errors import UserFacingError
+from attendance.procfs import memory_kib
 from attendance.settings import Settings
 
 NATIONAL_SCHOOLS = 21_292  # state-funded schools in England sending daily attendance (brief; GIAS 2025/26)
@@ -95,6 +96,11 @@ def parse_workers(text: str) -> tuple[int, ...]:
 def partitions_for(workers: Sequence[int]) -> int:
     """Extracts-topic partitions for a run: two per worker of the largest run, and at least the default 8."""
     return max(8, 2 * max(workers))
+
+
+def _ratio(reference_s: float | None, seconds: float | None, digits: int = 3) -> float | None:
+    """How much faster than the reference (reference seconds / these seconds); None when either is unknown."""
+    return round(reference_s / seconds, digits) if reference_s and seconds else None
 
 
 def per_second(count: float, seconds: float | None) -> float | None:
@@ -240,10 +246,7 @@ def scale_out_summary(runs: Sequence[Mapping[str, Any]], cpu_count: int | None) 
     reference = min(runs, key=lambda r: r["workers"])
     out = []
     for run in runs:
-        speedup = None
-        if run.get("seconds") and reference.get("seconds"):
-            speedup = round(reference["seconds"] / run["seconds"], 2)
-        out.append({**run, "speedup": speedup})
+        out.append({**run, "speedup": _ratio(reference.get("seconds"), run.get("seconds"), digits=2)})
     return {
         "cpu_count": cpu_count,
         "reference_workers": reference["workers"],
@@ -422,18 +425,6 @@ def _reap(pid: int, block: bool) -> tuple[int, int] | None:
     return (os.waitstatus_to_exitcode(status), usage.ru_maxrss) if reaped else None
 
 
-def _vm_hwm_kib(pid: int) -> int:
-    """The process's peak resident set so far (``VmHWM`` in /proc), 0 when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 def _stop(process: subprocess.Popen, grace_s: float = 20.0) -> tuple[int, int] | None:
     """SIGTERM, then SIGKILL after ``grace_s``; (exit code, peak RSS KiB)."""
     try:
@@ -494,7 +485,7 @@ def run_workers(settings: Settings, *, count: int, lake: Path, group: str, logs:
     try:
         while remaining:
             for pid in list(remaining):
-                polled[pid] = max(polled.get(pid, 0), _vm_hwm_kib(pid))
+                polled[pid] = max(polled.get(pid, 0), memory_kib(pid).get("VmHWM", 0))
                 done = _reap(pid, block=False)
                 if done:
                     remaining.pop(pid)[0].returncode = done[0]
@@ -806,12 +797,8 @@ def run_national(options: BenchOptions, settings: Settings, echo: Callable[[str]
                 echo(f"  {result['stopped_after_drained']} worker(s) had not exited 120 s after Delta held every "
                      "offset: stopped (a worker bug; the figures stand)")
             if position == 0:
-                ratio = None
-                if result["seconds"] and stages["bare_consume"]["seconds"]:
-                    ratio = round(stages["bare_consume"]["seconds"] / result["seconds"], 3)
-                batches_ratio = None
-                if result["seconds_to_last_batch"] and stages["bare_consume"]["seconds"]:
-                    batches_ratio = round(stages["bare_consume"]["seconds"] / result["seconds_to_last_batch"], 3)
+                ratio = _ratio(stages["bare_consume"]["seconds"], result["seconds"])
+                batches_ratio = _ratio(stages["bare_consume"]["seconds"], result["seconds_to_last_batch"])
                 stages["pipeline"] = {
                     **rates, **{k: result[k] for k in ("workers", "wall_seconds", "batches", "peak_rss_mib_max",
                                                 "stopped_after_drained", "stage_seconds_summed",

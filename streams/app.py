@@ -25,6 +25,7 @@ from faust.types import TP
 
 from attendance import metrics
 from attendance.broker import bootstrap_servers
+from attendance.procfs import memory_kib
 from attendance.settings import Settings
 from storage.lake import ensure_table, storage_options
 from storage.sink import DeltaSink
@@ -570,17 +571,10 @@ def _return_freed_memory() -> None:
 
 
 def _resident_memory() -> str:
-    """This process's resident memory now and its peak so far, in MiB, for log lines (Linux; 0 elsewhere):
-    which batch or fold set the peak shows in the log."""
-    values = {}
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    values[line[:5]] = int(line.split()[1]) // 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{values.get('VmRSS', 0)} MiB (peak {values.get('VmHWM', 0)})"
+    """This process's resident memory now and its peak so far, in MiB, for log lines (0 when unknown): which
+    batch or fold set the peak shows in the log."""
+    kib = memory_kib()
+    return f"{kib.get('VmRSS', 0) // 1024} MiB (peak {kib.get('VmHWM', 0) // 1024})"
 
 
 def _split_by_bytes(records: list[RawRecord], max_bytes: int) -> list[list[RawRecord]]:
