@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     batch_max_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1, description="Worker: most message bytes in one batch (bounds memory).")
     decode_threads: int = Field(
-        default=2, ge=1, description="Worker: threads that parse a batch's JSON side by side (Arrow's reader "
-        "releases the GIL); about the cores a worker may use.")
+        default=2, ge=1, description="Worker: threads that parse a batch's JSON side by side (the compiled "
+        "reader and Arrow's release the GIL); about the cores a worker may use.")
     worker_max_consecutive_failures: int = Field(
         default=5, ge=1, description="Worker: stop (exit 1) after this many failed batches in a row.")
     batch_max_latency_s: float = Field(

@@ -1,8 +1,10 @@
 """Extract messages (bytes) -> typed Arrow tables, column-wise, with every structural fault named.
 
 One call decodes a whole batch of messages. The fast path joins them (newline-separated) and parses them
-with Arrow's JSON reader, in blocks of about 1 MB, against an explicit schema (the contract's fields, typed;
-anything else skipped); the nested pupils and sessions are then flattened into flat tables column-wise
+into nested Arrow columns of the contract's fields (typed; anything else skipped): first with the contract's
+own compiled reader (``streams/jsonscan.py``), which takes every message it can vouch for and gives exactly
+the table Arrow's reader would; the few it leaves go to Arrow's JSON reader, in blocks of about 1 MB, against
+an explicit schema. The nested pupils and sessions are then flattened into flat tables column-wise
 (``list_flatten``, ``struct_field``, position arithmetic in numpy), without copying the values. Arrow's
 reader is strict about types, so a field of the wrong JSON type makes its block fail: the block is split at
 the row Arrow names (that message goes to the slow path) or in halves until the messages that fail on their
@@ -14,8 +16,9 @@ whichever path it took (tests pin this).
 
 Fields outside the contract are dropped and counted. ``extra_fields_dropped`` counts out-of-contract keys
 *carrying a value* (not ``null``), at the header, pupil and mark level and inside such fields (a dropped
-``address`` object with two keys counts 3), in messages whose structure is valid. The count is exact
-arithmetic on the raw bytes: every colon outside a string ends a key, so keys with a non-null value =
+``address`` object with two keys counts 3), in messages whose structure is valid. The contract's reader
+counts them as it skips them; for messages Arrow's reader parsed, the count is exact arithmetic on the raw
+bytes: every colon outside a string ends a key, so keys with a non-null value =
 colons right after a quote minus those whose value starts with ``n`` (only ``null`` does), minus the
 contract's non-null fields (known from the parsed columns). The preconditions of that arithmetic (no escaped
 quote just before a colon, no whitespace between a key and its colon, at most one space after it) are
@@ -52,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from schemas.contract import HEADER_FIELDS, MARK_FIELDS, PUPIL_FIELDS, SCHEMA_VERSION
+from streams.jsonscan import ContractReader
 
 INT32_MAX = 2**31 - 1
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -199,6 +203,7 @@ _RAW_MESSAGE = pa.schema(
     [(name, _ARROW_TYPE[t]) for name, t in HEADER_TYPES.items()] + [("pupils", pa.list_(_RAW_PUPIL))]
 )
 _PARSE_OPTIONS = pj.ParseOptions(explicit_schema=_RAW_MESSAGE, unexpected_field_behavior="ignore")
+_CONTRACT_READER = ContractReader(_RAW_MESSAGE)
 
 # Flat raw tables: what both paths produce before the value checks.
 _FLAT_HEADER = pa.schema(
@@ -221,6 +226,8 @@ _JSON_WHITESPACE = b" \t\n\r"
 #: that a faulty message costs little to isolate (and below Arrow's int32 block size: one block per call
 #: keeps rows = messages).
 _BLOCK_BYTES = 1 << 20
+#: Bytes of messages per jsonscan call (one call's scratch columns are sized by it).
+_SCAN_BYTES = 8 << 20
 _ROW_HINT = re.compile(r"in row (\d+)")
 _SCAN_SLICE_BYTES = 4 << 20  # bytes of raw messages per numpy pass in _count_keys
 _WHITESPACE = np.zeros(256, dtype=np.bool_)
@@ -532,13 +539,48 @@ _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _parse(
+    buffer: bytes, bounds: np.ndarray, start: int, stop: int, threads: int = 1
+) -> tuple[list[tuple[np.ndarray, pa.Table, np.ndarray | None]], list[int]]:
+    """Parse messages ``start:stop``: parsed (positions, table, extra-field counts or None) parts, and the
+    positions of messages that fail on their own (for the slow path). The contract's own reader
+    (``jsonscan``) takes every message it can vouch for, in pieces of about ``_SCAN_BYTES`` (on ``threads``
+    threads); the rest go through Arrow's reader, isolated as before (whose counts come later)."""
+    pieces: list[tuple[int, int]] = []
+    while start < stop:
+        end = int(np.searchsorted(bounds, bounds[start] + _SCAN_BYTES, side="right")) - 1
+        end = min(max(end, start + 1), stop)
+        pieces.append((start, end))
+        start = end
+
+    def scan(piece: tuple[int, int]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+        return _CONTRACT_READER.read(buffer, bounds, piece[0], piece[1])
+
+    scanned = (list(_parse_pool(threads).map(scan, pieces)) if threads > 1 and len(pieces) > 1
+               else list(map(scan, pieces)))
+    parts: list[tuple[np.ndarray, pa.Table, np.ndarray | None]] = []
+    failed: list[int] = []
+    arrow_buffer = pa.py_buffer(buffer)
+    for (low, high), (table, positions, extras) in zip(pieces, scanned, strict=True):
+        if table.num_rows:
+            parts.append((positions, table, extras))
+        left = np.ones(high - low, dtype=np.bool_)
+        left[positions - low] = False
+        for run in np.split(np.flatnonzero(left) + low, np.flatnonzero(np.diff(np.flatnonzero(left)) != 1) + 1):
+            if len(run):
+                arrow_parts, arrow_failed = _parse_isolating(arrow_buffer, bounds, int(run[0]), int(run[-1]) + 1)
+                parts.extend((np.arange(a, b, dtype=np.int64), t, None) for a, b, t in arrow_parts)
+                failed.extend(arrow_failed)
+    failed.sort()
+    return parts, failed
+
+
 def _parse_isolating(
-    buffer: pa.Buffer, bounds: np.ndarray, start: int, stop: int, threads: int = 1
+    buffer: pa.Buffer, bounds: np.ndarray, start: int, stop: int
 ) -> tuple[list[tuple[int, int, pa.Table]], list[int]]:
-    """Parse messages ``start:stop`` in blocks of about ``_BLOCK_BYTES``: parsed (start, stop, table) ranges
-    in order, and the positions of messages that fail on their own. A block that fails is split at the row
-    Arrow names (which goes to the slow path) or in halves. With ``threads`` > 1 the first try of every block
-    runs on that many threads; isolating the messages of a failed block stays on the caller's thread."""
+    """Parse messages ``start:stop`` with Arrow's reader in blocks of about ``_BLOCK_BYTES``: parsed (start,
+    stop, table) ranges in order, and the positions of messages that fail on their own. A block that fails is
+    split at the row Arrow names (which goes to the slow path) or in halves."""
     parts: list[tuple[int, int, pa.Table]] = []
     failed: list[int] = []
     work: list[tuple[int, int]] = []  # half-open ranges of messages, processed in order
@@ -547,19 +589,12 @@ def _parse_isolating(
         end = min(max(end, start + 1), stop)
         work.append((start, end))
         start = end
-
-    def read(block: tuple[int, int]) -> tuple[pa.Table | None, int | None]:
-        low, high = int(bounds[block[0]]), int(bounds[block[1]]) - 1
-        return _read(buffer.slice(low, high - low), block[1] - block[0])
-
-    first_tries: dict[tuple[int, int], tuple[pa.Table | None, int | None]] = {}
-    if threads > 1 and len(work) > 1:
-        first_tries = dict(zip(work, _parse_pool(threads).map(read, work), strict=True))
     while work:
         start, stop = work.pop(0)
         if start >= stop:
             continue
-        table, hint = first_tries.pop((start, stop), None) or read((start, stop))
+        low, high = int(bounds[start]), int(bounds[stop]) - 1
+        table, hint = _read(buffer.slice(low, high - low), stop - start)
         if table is not None:
             parts.append((start, stop, table))
         elif stop - start == 1:
@@ -571,7 +606,6 @@ def _parse_isolating(
         else:
             middle = (start + stop) // 2
             work[:0] = [(start, middle), (middle, stop)]
-    failed.sort()
     return parts, failed
 
 
@@ -976,6 +1010,7 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None], *, 
             rows.reject_message(index, "MSG_NOT_UTF8", "(message)", "(message): not valid UTF-8")
 
     flat_parts: list[_FastFlat] = []
+    in_order = True
     buffer = b"\n".join([*fast_messages, b"\n\n"])  # three spare bytes for _count_keys
     if fast_messages and not _utf8_buffer(buffer):  # rare: find the culprits, then join again
         keep = [_is_utf8(m) for m in fast_messages]
@@ -990,28 +1025,34 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None], *, 
         np.cumsum(
             np.fromiter(map(len, fast_messages), dtype=np.int64, count=len(fast_messages)) + 1, out=bounds[1:]
         )
-        # The key count (numpy, GIL released for the large passes) overlaps the parse when threads allow.
-        counting = _parse_pool(threads).submit(_count_keys, buffer, bounds) if threads > 1 else None
-        parts, failed = _parse_isolating(pa.py_buffer(buffer), bounds, 0, len(fast_messages), threads)
+        parts, failed = _parse(buffer, bounds, 0, len(fast_messages), threads)
         slow.extend((fast_indexes[position], fast_messages[position]) for position in failed)
         if parts:
-            positions = np.concatenate([np.arange(start, stop, dtype=np.int64) for start, stop, _ in parts])
-            table = pa.concat_tables([t for _, _, t in parts]) if len(parts) > 1 else parts[0][2]
+            positions = np.concatenate([p for p, _, _ in parts])
+            table = pa.concat_tables([t for _, t, _ in parts]) if len(parts) > 1 else parts[0][1]
             index_array = np.asarray(fast_indexes, dtype=np.int64)[positions]
+            in_order = bool(np.all(np.diff(positions) > 0))
             flat = _flatten(table, index_array)
-            counts = counting.result() if counting else _count_keys(buffer, bounds)
-            extra = counts.valued_keys[positions] - flat.contract_values
-            unsure = counts.unsure[positions] | (extra < 0)
-            # Arrow skipped the extra values unseen: where one is an object or array, or starts like
-            # NaN/Infinity, make sure the message is strict JSON (and not nested too deeply).
-            suspect = ~unsure & (
-                (counts.nested_values[positions] > flat.contract_nested) | counts.odd_values[positions]
-            )
-            for k in np.flatnonzero(suspect):
-                try:
-                    _VALIDATOR.decode(fast_messages[positions[k]])
-                except (msgspec.DecodeError, RecursionError):
-                    unsure[k] = True
+            # Extra fields: jsonscan counted its messages; Arrow's need the byte arithmetic.
+            extra = np.concatenate([e if e is not None else np.full(len(p), -1, dtype=np.int64)
+                                    for p, _, e in parts])
+            unsure = np.zeros(len(positions), dtype=np.bool_)
+            by_arrow = np.array([e is None for _, _, e in parts]).repeat([len(p) for p, _, _ in parts])
+            if by_arrow.any():
+                counts = _count_keys(buffer, bounds)
+                arrow_extra = counts.valued_keys[positions] - flat.contract_values
+                extra = np.where(by_arrow, arrow_extra, extra)
+                unsure = by_arrow & (counts.unsure[positions] | (arrow_extra < 0))
+                # Arrow skipped the extra values unseen: where one is an object or array, or starts like
+                # NaN/Infinity, make sure the message is strict JSON (and not nested too deeply).
+                suspect = by_arrow & ~unsure & (
+                    (counts.nested_values[positions] > flat.contract_nested) | counts.odd_values[positions]
+                )
+                for k in np.flatnonzero(suspect):
+                    try:
+                        _VALIDATOR.decode(fast_messages[positions[k]])
+                    except (msgspec.DecodeError, RecursionError):
+                        unsure[k] = True
             if unsure.any():
                 slow.extend(
                     (int(index_array[k]), fast_messages[positions[k]]) for k in np.flatnonzero(unsure)
@@ -1056,7 +1097,7 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None], *, 
     )
     raw_pupils = _concat([p.pupils for p in flat_parts] + rows.pupils, _FLAT_PUPIL)
     raw_marks = _concat([p.marks for p in flat_parts] + rows.marks, _FLAT_MARK)
-    if slow and flat_parts:  # headers in input order; pupils and marks stay grouped by message (no copy)
+    if (slow or not in_order) and flat_parts:  # headers in input order; pupils and marks stay grouped by message
         raw_headers = raw_headers.take(pc.sort_indices(raw_headers.column("msg_index")))
 
     header_rejections, parsed = _header_value_rejections(raw_headers, rows.type_faults)

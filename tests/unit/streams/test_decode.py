@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -73,10 +74,22 @@ def reasons(table: pa.Table) -> list[tuple]:
 
 
 def force_slow(monkeypatch) -> None:
-    """Make every message take the slow path (Arrow's parse 'fails' for each)."""
+    """Make every message take the slow path (both readers 'fail' for each)."""
     monkeypatch.setattr(
-        decode_module, "_parse_isolating", lambda buffer, bounds, start, stop, threads=1: ([], list(range(start, stop)))
+        decode_module, "_parse", lambda buffer, bounds, start, stop, threads=1: ([], list(range(start, stop)))
     )
+
+
+class _ReadsNothing:
+    """A contract reader that vouches for no message."""
+
+    def read(self, buffer, bounds, first, last):
+        return decode_module._RAW_MESSAGE.empty_table(), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+
+def force_arrow(monkeypatch) -> None:
+    """Make every message that jsonscan would read go through Arrow's reader instead."""
+    monkeypatch.setattr(decode_module, "_CONTRACT_READER", _ReadsNothing())
 
 
 def in_order(table: pa.Table) -> list[dict]:
@@ -401,9 +414,11 @@ def test_extras_are_counted_the_same_compact_pretty_and_slow(monkeypatch):
         json.dumps(document, ensure_ascii=True).encode(),
     ]
     counts = [decode_messages([t]).extra_fields_dropped for t in texts]
+    force_arrow(monkeypatch)
+    counts += [decode_messages([t]).extra_fields_dropped for t in texts]
     force_slow(monkeypatch)
     counts += [decode_messages([t]).extra_fields_dropped for t in texts]
-    assert counts == [7] * 8
+    assert counts == [7] * 12
 
 
 def test_extras_of_rejected_messages_are_not_counted():
@@ -412,7 +427,7 @@ def test_extras_of_rejected_messages_are_not_counted():
     assert decode_messages([encode(document)]).extra_fields_dropped == 0
 
 
-def test_the_fast_and_slow_paths_decode_alike(monkeypatch):
+def test_the_contract_reader_arrow_and_the_slow_path_decode_alike(monkeypatch):
     bad_pupil = pupil(UPN_B, nc_year_group="6", date_of_birth="2015-02-30")
     del bad_pupil["admission_date"]
     batch_input = [
@@ -426,15 +441,19 @@ def test_the_fast_and_slow_paths_decode_alike(monkeypatch):
         b'{"urn": "100001"}',
     ]
     fast = decode_messages(batch_input)
+    force_arrow(monkeypatch)
+    arrow = decode_messages(batch_input)
     force_slow(monkeypatch)
     slow = decode_messages(batch_input)
     assert slow.slow_path_messages == len(batch_input)
-    assert fast.slow_path_messages < len(batch_input)
+    assert fast.slow_path_messages <= arrow.slow_path_messages < len(batch_input)
+    assert_same_batch(fast, arrow)
     assert_same_batch(fast, slow)
 
 
 @pytest.mark.parametrize("block_bytes", [1, 1 << 20])
 def test_faults_arrow_cannot_place_are_isolated_whatever_the_block_size(monkeypatch, block_bytes):
+    force_arrow(monkeypatch)
     monkeypatch.setattr(decode_module, "_BLOCK_BYTES", block_bytes)
     messages = [encode(message(urn=f"1000{i:02d}")) for i in range(12)]
     messages[3] = encode(message(chunk_index=2**70))  # Arrow: "couldn't parse" (no row named)
@@ -454,6 +473,7 @@ def test_faults_arrow_cannot_place_are_isolated_whatever_the_block_size(monkeypa
 @pytest.mark.parametrize("block_bytes", [1, 4096])
 def test_parsing_blocks_on_several_threads_gives_the_same_batch(monkeypatch, block_bytes):
     monkeypatch.setattr(decode_module, "_BLOCK_BYTES", block_bytes)  # many blocks, some failing
+    monkeypatch.setattr(decode_module, "_SCAN_BYTES", block_bytes)
     messages = [encode(message(urn=f"1000{i:02d}")) for i in range(16)]
     messages[2] = encode(message(chunk_index=2**70))
     messages[5] = b'{"urn": "100005", "pupils": [}'
