@@ -71,6 +71,8 @@ SESSIONS_HASH_EXCLUDED = ("ingested_at",)
 _LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ streams\.app: (.*)$")
 _ASSIGNED = re.compile(r"^assigned (\d+) extract partitions")
 _STAGE = re.compile(r"\b(gather|barrier|process|wait|write) ([\d.]+)s\b")
+_BY_TABLE = re.compile(r"\(by table: ([^)]*)\)")
+_TABLE_SECONDS = re.compile(r"(\w+) ([\d.]+)s")
 _FOLD_SECONDS = re.compile(r" in ([\d.]+) ?s\b")
 
 
@@ -146,7 +148,8 @@ class WorkerLog:
     last_commit: float | None = None  # the last batch (or fold of staged rows) committed to Delta
     batches: int = 0
     replays_skipped: int = 0
-    #: Seconds summed over committed batches, per worker stage (process, wait, write), and in folds.
+    #: Seconds summed over committed batches, per worker stage (process, wait, write; write.TABLE: the part
+    #: of the write spent on that Delta table, retries included, nested commits counted in both), and folds.
     stage_seconds: dict[str, float] = field(default_factory=dict)
     last_batch: float | None = None  # the last batch committed (staged rows not yet folded)
 
@@ -172,8 +175,11 @@ def parse_worker_log(lines: Iterable[str]) -> WorkerLog:
                 batches += 1
                 last = moment if last is None else max(last, moment)
                 last_batch = moment if last_batch is None else max(last_batch, moment)
-                for stage, seconds in _STAGE.findall(message):
+                by_table = _BY_TABLE.search(message)
+                for stage, seconds in _STAGE.findall(_BY_TABLE.sub("", message)):
                     stages[stage] = stages.get(stage, 0.0) + float(seconds)
+                for table, seconds in _TABLE_SECONDS.findall(by_table.group(1) if by_table else ""):
+                    stages[f"write.{table}"] = stages.get(f"write.{table}", 0.0) + float(seconds)
             else:
                 skipped += 1
         elif message.startswith("fold (") and "failed" not in message:

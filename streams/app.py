@@ -305,10 +305,13 @@ class ExtractWorker:
         self.state.last_batch_at = self.state.last_record_at = time.monotonic()
         self.state.staged_since_fold += sum(
             result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS))
-        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, %s, rss %s, offsets %s (%s)",
+        log.info("batch: %d messages, %d pupils accepted, %d marks accepted, %s (by table: %s), rss %s, "
+                 "offsets %s (%s)",
                  messages, outcome.pupils_accepted, outcome.marks_accepted,
-                 ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stages.items()), _resident_memory(),
-                 dict(outcome.sink.offsets), "replay skipped" if result.replay_skipped else "committed")
+                 ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in stages.items()),
+                 ", ".join(f"{table} {seconds:.2f}s" for table, seconds in result.table_seconds.items()) or "none",
+                 _resident_memory(), dict(outcome.sink.offsets),
+                 "replay skipped" if result.replay_skipped else "committed")
         if self.state.staged_since_fold >= self.settings.fold_max_staged_rows:
             await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")
 

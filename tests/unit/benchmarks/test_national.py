@@ -136,12 +136,14 @@ def test_stage_seconds_are_summed_over_committed_batches_and_folds():
         "2026-11-23 10:00:03,000 INFO streams.app: batch: 256 messages, 9 pupils accepted, 18 marks accepted, "
         "gather 0.01s, barrier 0.00s, process 0.50s, wait 0.10s, write 0.40s, rss 900 MiB, offsets {} (committed)",
         "2026-11-23 10:00:04,000 INFO streams.app: batch: 256 messages, 9 pupils accepted, 18 marks accepted, "
-        "gather 0.02s, barrier 0.01s, process 0.25s, wait 0.00s, write 0.35s, rss 900 MiB, offsets {} (committed)",
+        "gather 0.02s, barrier 0.01s, process 0.25s, wait 0.00s, write 0.35s (by table: attendance_sessions "
+        "0.20s, staged_pupils 0.10s), rss 900 MiB, offsets {} (committed)",
         "2026-11-23 10:00:09,500 INFO streams.app: fold (drained): 5 staged marks, 9 staged pupil records folded "
         "in 4.4s, rss 1000 MiB",
     ]
     stages = parse_worker_log(lines).stage_seconds
-    assert stages == {"gather": 0.03, "barrier": 0.01, "process": 0.75, "wait": 0.1, "write": 0.75, "fold": 4.4}
+    assert stages == {"gather": 0.03, "barrier": 0.01, "process": 0.75, "wait": 0.1, "write": 0.75, "fold": 4.4,
+                      "write.attendance_sessions": 0.2, "write.staged_pupils": 0.1}
     merged = merge_worker_logs([parse_worker_log(lines), parse_worker_log(lines[:1])])
     assert merged.stage_seconds["process"] == 1.25
     assert merged.last_batch == _at("2026-11-23 10:00:04.000")
