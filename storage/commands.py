@@ -204,9 +204,10 @@ stored in the Delta log itself**, in the same commit as the data, as `txn` actio
 
 - The **offsets table is `attendance_sessions`**: every batch ends with one commit to it that carries the
   batch's offsets, even when the batch has no session rows (a commit with no data files).
-- The other tables of a batch (`pupils`, `extracts`, `quarantine`, `optout_audit`) are written first, with
-  operations that are idempotent (newest wins, or insert-if-absent on the key), and the sessions+offsets
-  commit comes **last**: an offset only moves once everything of its batch is durable.
+- The other tables of a batch (appends to `staged_pupils` and `staged_extracts`, `quarantine`,
+  `optout_audit`) are written first, with operations that are idempotent (staged rows fold newest-wins, or
+  insert-if-absent on the key), and the sessions+offsets commit comes **last**: an offset only moves once
+  everything of its batch is durable.
 - Before committing, the sink reads the stored offset of each (topic, partition): if Delta already holds
   an offset >= the batch's, the batch is a replay and is skipped (delta-rs itself accepts a lower version:
   the writer must check).
@@ -240,7 +241,9 @@ keeps **one row per (urn, upn, date, session): the mark from the extract with th
 - `pupils`: the same rule per (urn, upn). `current_since` moves only when a characteristic changes; a newer
   extract that says the same only moves `extract_id` and `generated_at`.
 - `extracts`: one row per extract, replaced by the state with the latest `last_seen_at`; `first_seen_at`
-  keeps the first value.
+  keeps the first value. Batches stage extract rows in `staged_extracts`; the fold MERGEs them (a MERGE per
+  batch cost a national day 14 s of its batches' writes), so `extracts` shows a batch's extracts from the
+  next fold on (at most `ATTENDANCE_FOLD_IDLE_S` after the stream goes quiet, and before aggregation).
 - `quarantine` and `optout_audit` rows are inserted once per key; replays add nothing.
 
 delta-rs rewrites every Parquet file that holds an amended row (copy-on-write; it cannot write deletion

@@ -57,6 +57,7 @@ from storage.tables import (
     QUARANTINE,
     SCHOOLS,
     SESSION_SCHOOL_DAYS,
+    STAGED_EXTRACTS,
     STAGED_PUPILS,
     STAGED_SESSIONS,
     TableContract,
@@ -143,6 +144,7 @@ class FoldResult:
     pupils: FoldCount
     conflicts: int
     seconds: float
+    extracts: FoldCount = FoldCount(0, 0, 0)
 
 
 class DeltaCommitError(RuntimeError):
@@ -303,7 +305,8 @@ class DeltaSink:
             ranges = fold_ranges(staged.column("urn"), self._urn_boundaries())
             self._append(STAGED_PUPILS, staged.append_column("fold_range", ranges), progress)
         if _has_rows(batch.extracts):
-            rows_written[EXTRACTS.name] = self._merge_extracts(batch.extracts, progress)
+            assert batch.extracts is not None
+            self._append(STAGED_EXTRACTS, batch.extracts, progress)
         if _has_rows(batch.quarantine):
             rows_written[QUARANTINE.name] = self._insert_new(QUARANTINE, batch.quarantine, progress)
         if _has_rows(batch.optout_audit):
@@ -409,7 +412,7 @@ class DeltaSink:
         written = self._with_retries(contract, attempt, progress)
         if count:
             metrics.DELTA_ROWS_WRITTEN.labels(table=contract.name).inc(written)
-            if contract in (STAGED_SESSIONS, STAGED_PUPILS):
+            if contract in (STAGED_SESSIONS, STAGED_PUPILS, STAGED_EXTRACTS):
                 metrics.STAGED_ROWS.labels(table=contract.name).inc(written)
                 progress.staged[contract.name] = progress.staged.get(contract.name, 0) + written
         return written
@@ -426,20 +429,24 @@ class DeltaSink:
             now = self._clock()
             sessions = self._fold_sessions(progress)
             pupils = self._fold_pupils(now, progress)
+            extracts = self._fold_extracts(progress)
             seconds = time.perf_counter() - started
             metrics.FOLD_SECONDS.observe(seconds)
             metrics.LAST_FOLD_TIMESTAMP.set(time.time())
-            for contract in (STAGED_SESSIONS, STAGED_PUPILS):
+            for contract in (STAGED_SESSIONS, STAGED_PUPILS, STAGED_EXTRACTS):
                 metrics.STAGED_ROWS.labels(table=contract.name).set(0)
-            return FoldResult(sessions, pupils, progress.conflicts, seconds)
+            return FoldResult(sessions, pupils, progress.conflicts, seconds, extracts)
 
     def _staged_partitions(self, contract: TableContract) -> tuple[DeltaTable, list[Any]]:
         """A staging table's current version (its own DeltaTable object, never refreshed: see
-        ``_remove_staged``) and the values of its partition column that hold rows, in order."""
+        ``_remove_staged``) and the values of its partition column that hold rows, in order (``[None]`` for
+        an unpartitioned table holding rows)."""
         snapshot = lake.ensure_table(contract, self.lake_uri, self.storage_options)
         actions = pa.table(snapshot.get_add_actions(flatten=True))
         if not actions.num_rows:
             return snapshot, []
+        if not contract.partition_by:
+            return snapshot, [None]
         return snapshot, sorted(set(actions.column(f"partition.{contract.partition_by[0]}").to_pylist()))
 
     def _fold_sessions(self, progress: _Progress) -> FoldCount:
@@ -562,17 +569,42 @@ class DeltaSink:
         metrics.DELTA_COMMIT_SECONDS.labels(table=contract.name).observe(time.perf_counter() - started)
         return removed
 
-    def _merge_extracts(self, extracts: pa.Table, progress: _Progress) -> int:
-        source = dedupe_newest(lake.conform(extracts, EXTRACTS), EXTRACTS.key, "last_seen_at")
+    def _fold_extracts(self, progress: _Progress) -> FoldCount:
+        """One MERGE of every staged extract row: per extract the newest ``last_seen_at`` wins, keeping the
+        earliest ``first_seen_at`` (staged or stored)."""
+        snapshot, staged_any = self._staged_partitions(STAGED_EXTRACTS)
+        if not staged_any:
+            return FoldCount(0, 0, 0)
+        staged = lake.conform(snapshot.to_pyarrow_table(), EXTRACTS)
+        source = dedupe_newest(staged, EXTRACTS.key, "last_seen_at")
+        earliest = pl.from_arrow(staged.select(["extract_id", "first_seen_at"]))
+        assert isinstance(earliest, pl.DataFrame)
+        earliest = earliest.group_by("extract_id").agg(pl.col("first_seen_at").min().alias("earliest"))
+        newest = pl.from_arrow(source)
+        assert isinstance(newest, pl.DataFrame)
+        source = lake.conform(
+            newest.join(earliest, on="extract_id", how="left")
+            .with_columns(pl.col("earliest").alias("first_seen_at")).drop("earliest").to_arrow(), EXTRACTS)
+        changed = self._merge_extracts(source, progress)
+        removed = self._remove_staged(STAGED_EXTRACTS, snapshot, progress)
+        metrics.FOLDED_ROWS.labels(table=STAGED_EXTRACTS.name).inc(removed)
+        return FoldCount(staged.num_rows, changed, removed)
+
+    def _merge_extracts(self, source: pa.Table, progress: _Progress) -> int:
+        """MERGE extract rows (one per extract_id) into ``extracts``: a newer ``last_seen_at`` updates the row
+        (its ``first_seen_at`` stays the earlier of the two); a new extract is inserted."""
         predicate = f"{_equal_match(EXTRACTS.key)} AND {lake.in_list('t.urn', source.column('urn'))}"
 
         def attempt() -> int:
             result = (
                 self._table(EXTRACTS, refresh=True)
                 .merge(source, predicate, source_alias="s", target_alias="t")
-                .when_matched_update_all(
-                    predicate="t.last_seen_at IS NULL OR s.last_seen_at >= t.last_seen_at",
-                    except_cols=["extract_id", "first_seen_at"])
+                .when_matched_update(
+                    updates={**{name: f"s.{name}" for name in EXTRACTS.schema.names
+                                if name not in ("extract_id", "first_seen_at")},
+                             "first_seen_at": "CASE WHEN t.first_seen_at IS NULL OR s.first_seen_at < "
+                                              "t.first_seen_at THEN s.first_seen_at ELSE t.first_seen_at END"},
+                    predicate="t.last_seen_at IS NULL OR s.last_seen_at >= t.last_seen_at")
                 .when_not_matched_insert_all()
                 .execute()
             )

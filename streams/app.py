@@ -37,6 +37,7 @@ from storage.tables import (
     PUPILS,
     QUARANTINE,
     SESSION_SCHOOL_DAYS,
+    STAGED_EXTRACTS,
     STAGED_PUPILS,
     STAGED_SESSIONS,
 )
@@ -101,7 +102,7 @@ class ExtractWorker:
         self.bootstrap = bootstrap_servers(settings)
         self.sink = DeltaSink(settings.lake_uri, storage_options(settings), app_id_prefix="attendance-sink")
         for contract in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, DESTRUCTION_LOG,
-                         STAGED_SESSIONS, STAGED_PUPILS, SESSION_SCHOOL_DAYS):
+                         STAGED_SESSIONS, STAGED_PUPILS, STAGED_EXTRACTS, SESSION_SCHOOL_DAYS):
             ensure_table(contract, settings.lake_uri, storage_options(settings))  # analysts find every table
         self.processor = BatchProcessor(read_register(settings.lake_uri), ProcessorConfig(
             max_age_days=settings.extract_max_age_days,
@@ -304,7 +305,7 @@ class ExtractWorker:
         self.state.batches += 1
         self.state.last_batch_at = self.state.last_record_at = time.monotonic()
         self.state.staged_since_fold += sum(
-            result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS))
+            result.rows_written.get(c.name, 0) for c in (STAGED_SESSIONS, STAGED_PUPILS, STAGED_EXTRACTS))
         log.info("batch: %d messages, %d pupils accepted, %d marks accepted, %s (by table: %s), rss %s, "
                  "offsets %s (%s)",
                  messages, outcome.pupils_accepted, outcome.marks_accepted,

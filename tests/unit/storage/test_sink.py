@@ -21,6 +21,7 @@ from storage.tables import (
     PUPILS,
     QUARANTINE,
     SESSION_SCHOOL_DAYS,
+    STAGED_EXTRACTS,
     STAGED_PUPILS,
     STAGED_SESSIONS,
 )
@@ -74,7 +75,8 @@ def current_marks(lake_uri: str) -> dict[tuple[str, str, str, str], tuple[str, d
 def row_counts(lake_uri: str) -> dict[str, int]:
     return {
         c.name: lake.read_table(c, lake_uri).num_rows
-        for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, STAGED_SESSIONS, STAGED_PUPILS)
+        for c in (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, QUARANTINE, OPTOUT_AUDIT, STAGED_SESSIONS, STAGED_PUPILS,
+                  STAGED_EXTRACTS)
     }
 
 
@@ -182,7 +184,7 @@ def test_replaying_the_same_batch_changes_nothing(lake_uri: str) -> None:
     first = sink.write_batch(full_batch(41))
     sink.fold()
     counts = row_counts(lake_uri)
-    written = (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, STAGED_PUPILS, STAGED_SESSIONS)
+    written = (ATTENDANCE_SESSIONS, PUPILS, EXTRACTS, STAGED_PUPILS, STAGED_SESSIONS, STAGED_EXTRACTS)
     versions = {c.name: DeltaTable(c.path(lake_uri)).version() for c in written}
 
     replay = DeltaSink(lake_uri).write_batch(full_batch(41))  # e.g. a new worker after a crash
@@ -196,6 +198,7 @@ def test_replaying_the_same_batch_changes_nothing(lake_uri: str) -> None:
         "optout_audit": 1,
         "staged_sessions": 0,
         "staged_pupils": 0,
+        "staged_extracts": 0,
     }
     assert row_counts(lake_uri) == counts
     assert {c.name: DeltaTable(c.path(lake_uri)).version() for c in written} == versions
@@ -223,6 +226,7 @@ def test_a_crash_before_the_offsets_commit_replays_without_doubling_rows(lake_ur
         "optout_audit": 1,
         "staged_sessions": 0,
         "staged_pupils": 0,
+        "staged_extracts": 0,
     }
     assert sink.committed_offset(TOPIC, 0) == 5
 
@@ -330,7 +334,8 @@ def test_pupils_newest_wins_and_current_since_moves_only_when_characteristics_ch
     )
 
 
-def test_extract_status_moves_forward_and_keeps_first_seen(lake_uri: str) -> None:
+@pytest.mark.parametrize("fold_each_batch", [False, True])
+def test_extract_status_moves_forward_and_keeps_first_seen(lake_uri: str, fold_each_batch: bool) -> None:
     sink = DeltaSink(lake_uri)
 
     def extract(status: str, chunks: int, first: datetime, last: datetime, offset: int) -> None:
@@ -349,10 +354,16 @@ def test_extract_status_moves_forward_and_keeps_first_seen(lake_uri: str) -> Non
                 offsets={(TOPIC, 0): offset},
             )
         )
+        if fold_each_batch:
+            sink.fold()
 
     extract("incomplete", 1, NINE, NINE, 1)
     extract("complete", 3, TEN, ELEVEN, 2)  # a later batch saw the remaining chunks
     extract("incomplete", 2, NINE, TEN, 3)  # an older state, re-sent: ignored
+    assert lake.read_table(EXTRACTS, lake_uri).num_rows == (1 if fold_each_batch else 0)  # staged till a fold
+    folded = sink.fold()
+    assert folded.extracts.staged == (0 if fold_each_batch else 3)
+    assert lake.read_table(STAGED_EXTRACTS, lake_uri).num_rows == 0
     [row] = lake.read_table(EXTRACTS, lake_uri).to_pylist()
     assert (row["status"], row["chunks_received"], row["first_seen_at"], row["last_seen_at"]) == (
         "complete",
