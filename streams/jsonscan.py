@@ -276,6 +276,19 @@ def _skip_nested(data, pos, end, stack):  # noqa: ANN001, ANN202
         state = 1
 
 
+@nb.njit(nogil=True, cache=True, inline="always")
+def _set_null(kind, slot, row, soff, sok, vok, lcount, lok):  # noqa: ANN001, ANN202, PLR0913
+    """Field ``slot`` of record ``row`` is null (absent, or ``null``), as Arrow's reader has it."""
+    if kind == _STRING:
+        soff[slot, row + 1] = soff[slot, row]
+        sok[slot, row] = 0
+    elif kind == _LIST:
+        lcount[slot, row] = 0
+        lok[slot, row] = 0
+    else:
+        vok[slot, row] = 0
+
+
 # Scanner states: where in an object or a list the next byte is expected.
 _OBJECT_FIRST, _OBJECT_NEXT, _LIST_NEXT, _DONE = 0, 1, 2, 3
 
@@ -356,15 +369,7 @@ def _scan(data, bounds, first, last, names, lengths, kinds, slots, level_of_stri
                     if lengths[level, k] == 0:
                         break
                     if not (seen[level] >> k) & 1:
-                        kind, slot = kinds[level, k], slots[level, k]
-                        if kind == _STRING:
-                            soff[slot, row + 1] = soff[slot, row]
-                            sok[slot, row] = 0
-                        elif kind == _LIST:
-                            lcount[slot, row] = 0
-                            lok[slot, row] = 0
-                        else:
-                            vok[slot, row] = 0
+                        _set_null(kinds[level, k], slots[level, k], row, soff, sok, vok, lcount, lok)
                 rows[level] += 1
                 if level == 0:
                     state = _DONE
@@ -425,14 +430,7 @@ def _scan(data, bounds, first, last, names, lengths, kinds, slots, level_of_stri
             if c == 110:  # null: as absent
                 pos = _literal(data, pos, end, 110, 117, 108, 108, 0, 4)
                 ok = pos >= 0
-                if kind == _STRING:
-                    soff[slot, row + 1] = soff[slot, row]
-                    sok[slot, row] = 0
-                elif kind == _LIST:
-                    lcount[slot, row] = 0
-                    lok[slot, row] = 0
-                else:
-                    vok[slot, row] = 0
+                _set_null(kind, slot, row, soff, sok, vok, lcount, lok)
                 continue
             if kind == _STRING:
                 if c != 34:

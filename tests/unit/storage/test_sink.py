@@ -13,7 +13,7 @@ import pytest
 from deltalake import DeltaTable
 
 from storage import lake
-from storage.sink import PUPIL_FOLD_RANGES, DeltaSink, SinkBatch, dedupe_newest, fold_ranges
+from storage.sink import PUPIL_FOLD_RANGES, DeltaSink, FoldCount, SinkBatch, dedupe_newest, fold_ranges
 from storage.tables import (
     ATTENDANCE_SESSIONS,
     EXTRACTS,
@@ -332,6 +332,25 @@ def test_pupils_newest_wins_and_current_since_moves_only_when_characteristics_ch
         ELEVEN,
         datetime(2026, 11, 16, 17, tzinfo=UTC),
     )
+
+
+def test_a_national_days_extracts_fold_in_one_merge(lake_uri: str) -> None:
+    # 21,292 URNs spelt out in the MERGE's predicate overflowed delta-rs's stack (the worker died of SIGSEGV).
+    schools = 21_292
+    urns = [f"{100000 + n}" for n in range(schools)]
+    sink = DeltaSink(lake_uri)
+    sink.write_batch(SinkBatch(
+        extracts=pa.table({"extract_id": [f"e{u}" for u in urns], "urn": urns, "status": ["complete"] * schools,
+                           "first_seen_at": [NINE] * schools, "last_seen_at": [TEN] * schools}),
+        offsets={(TOPIC, 0): 1}))
+    assert sink.fold().extracts == FoldCount(schools, schools, schools)
+    assert lake.read_table(EXTRACTS, lake_uri).num_rows == schools
+
+
+def test_pruning_filters_spell_out_few_values_and_give_the_range_of_many() -> None:
+    assert lake.in_list("urn", pa.array(["100002", None, "100001", "100002"])) == "urn IN ('100001', '100002')"
+    many = pa.array([f"{100000 + n}" for n in range(lake.IN_LIST_MAX + 1)])
+    assert lake.in_list("t.urn", many) == "(t.urn >= '100000' AND t.urn <= '101000')"
 
 
 @pytest.mark.parametrize("fold_each_batch", [False, True])

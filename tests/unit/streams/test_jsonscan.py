@@ -11,37 +11,17 @@ import pytest
 
 from streams.decode import _PARSE_OPTIONS, _RAW_MESSAGE
 from streams.jsonscan import MAX_DEPTH, ContractReader
+from tests.extract_factory import make_extract
 
 READER = ContractReader(_RAW_MESSAGE)
 
-MARK = {"date": "2026-11-17", "session": "PM", "code": "\\"}
-PUPIL = {
-    "upn": "A801200015001",
-    "date_of_birth": "2015-03-04",
-    "sex": "F",
-    "nc_year_group": "6",
-    "ethnicity": None,
-    "fsm_eligible": True,
-    "sen_provision": "N",
-    "looked_after": False,
-    "admission_date": "2019-09-04",
-    "sessions": [{"date": "2026-11-17", "session": "AM", "code": "/"}, MARK],
-}
-HEADER = {
-    "schema_version": "1",
-    "extract_id": "3f2b8c1e-9a4d-4c6b-8e2f-1a2b3c4d5e6f",
-    "urn": "100001",
-    "laestab": "8012000",
-    "extract_date": "2026-11-17",
-    "generated_at": "2026-11-17T16:30:00+01:00",
-    "chunk_index": 0,
-    "chunk_count": 1,
-    "pupil_count": 2,
-}
+EXTRACT = make_extract(pupils=2)
+PUPIL = EXTRACT["pupils"][0]
+MARK = PUPIL["sessions"][1]  # code "\\": an escape in a contract field
 
 
 def document(**overrides) -> dict:
-    return {**HEADER, "pupils": [PUPIL, {**PUPIL, "upn": "A801200015002"}], **overrides}
+    return {**EXTRACT, "chunk_index": 0, "chunk_count": 1, **overrides}
 
 
 def compact(value) -> bytes:
@@ -96,8 +76,9 @@ def test_extra_fields_are_counted_like_the_decoder():
     # note (1); address (1) + line1, tags (2) [town is null]; forename (1); mark note (1); nothing: null
     value = document(note="x", nothing=None, address={"line1": "1", "town": None, "tags": [{"a": 1}]})
     value["pupils"] = [{**PUPIL, "forename": "A", "sessions": [{**MARK, "note": 3}]}]
-    _, _, extras = scan([compact(value), compact(document())])
-    assert extras == [1 + 1 + 2 + 1 + 1 + 1, 0]  # the {"a": 1} inside tags counts its key too
+    bare = document(pupils=[{k: v for k, v in PUPIL.items() if k != "forename"}])
+    _, _, extras = scan([compact(value), compact(bare), compact(document())])
+    assert extras == [1 + 1 + 2 + 1 + 1 + 1, 0, 2]  # {"a": 1} inside tags counts its key; a forename each
 
 
 LEFT = {
