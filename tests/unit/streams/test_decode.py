@@ -451,6 +451,29 @@ def test_the_contract_reader_arrow_and_the_slow_path_decode_alike(monkeypatch):
     assert_same_batch(fast, slow)
 
 
+def test_a_batch_of_mutated_messages_decodes_alike_with_or_without_the_contract_reader(monkeypatch):
+    import random
+
+    rng = random.Random(7)
+    base = json.dumps(with_extras(), ensure_ascii=False, separators=(",", ":")).encode()
+    alphabet = b'{}[],:"\\ 0123456789-.entrufals'
+    mutants = []
+    for _ in range(1500):
+        mutant = bytearray(base)
+        for _ in range(rng.randint(1, 2)):
+            at = rng.randrange(len(mutant))
+            if rng.random() < 0.5:
+                mutant[at] = rng.choice(alphabet)
+            else:
+                del mutant[at]
+        mutants.append(bytes(mutant))
+    with_reader = decode_messages(mutants)
+    force_arrow(monkeypatch)
+    without = decode_messages(mutants)
+    assert_same_batch(with_reader, without)
+    assert with_reader.headers.num_rows > 300
+
+
 @pytest.mark.parametrize("block_bytes", [1, 1 << 20])
 def test_faults_arrow_cannot_place_are_isolated_whatever_the_block_size(monkeypatch, block_bytes):
     force_arrow(monkeypatch)

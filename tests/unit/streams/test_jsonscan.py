@@ -111,3 +111,38 @@ def test_what_it_is_unsure_of_is_left_to_the_other_paths(name):
     table, positions, _ = scan([READ["compact"], LEFT[name], READ["pretty"]])
     assert positions == [0, 2]
     assert table.to_pylist() == arrow([READ["compact"], READ["pretty"]]).to_pylist()
+
+
+def test_mutated_messages_it_reads_are_strict_json_that_arrow_reads_alike():
+    """Random byte edits of a message (a fixed seed): whatever the reader vouches for must be JSON orjson
+    accepts, and Arrow's reader must give the same table for it."""
+    import random
+
+    import orjson
+
+    rng = random.Random(20261206)
+    base = compact(document(note={"a": [1, 2.5, None, True]}, pupils=[{**PUPIL, "forename": "Zoë"}]))
+    alphabet = b'{}[],:"\\ \n0123456789-+.eEntrufalsx\x01\xc3'
+    read = 0
+    for _ in range(3000):
+        mutant = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randrange(len(mutant))
+            edit = rng.random()
+            if edit < 0.4:
+                mutant[at] = rng.choice(alphabet)
+            elif edit < 0.7:
+                del mutant[at]
+            else:
+                mutant.insert(at, rng.choice(alphabet))
+        message = bytes(mutant)
+        try:
+            message.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # the decoder rejects these before any reader sees them
+        table, positions, _ = scan([message])
+        if positions:
+            read += 1
+            orjson.loads(message)  # raises if the reader took something that is not JSON
+            assert table.to_pylist() == arrow([message]).to_pylist(), message
+    assert read > 300  # most single edits inside values still leave a readable message
