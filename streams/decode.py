@@ -55,7 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from schemas.contract import HEADER_FIELDS, MARK_FIELDS, PUPIL_FIELDS, SCHEMA_VERSION
-from streams.jsonscan import ContractReader
+from streams.jsonscan import ContractReader, join_messages
 
 INT32_MAX = 2**31 - 1
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -440,7 +440,7 @@ def _decode_slow(msg_index: int, message: bytes, rows: _Rows) -> None:
     mark_columns, mark_faults, mark_values = _typed_columns(marks, MARK_TYPES)
     # Fields outside the contract: the byte arithmetic of the fast path when its preconditions hold, else a
     # walk of the document.
-    counts = _count_keys(message + b"\n\n\n", np.array([0, len(message) + 1], dtype=np.int64))
+    counts = _count_keys(*join_messages([message]))
     contract_values = (sum(document.get(name) is not None for name in HEADER_FIELDS) + 1 + len(pupils)
                        + pupil_values + mark_values)  # header fields, "pupils", each "sessions", the rest
     if counts.unsure[0] or counts.valued_keys[0] < contract_values:
@@ -527,7 +527,8 @@ def _read(block: pa.Buffer, count: int) -> tuple[pa.Table | None, int | None]:
 
 
 def _parse_pool(threads: int) -> ThreadPoolExecutor:
-    """The threads that parse blocks side by side (Arrow's reader releases the GIL), one pool per size."""
+    """The threads that parse pieces of a batch side by side (both readers release the GIL), one pool per
+    size."""
     with _POOLS_LOCK:
         pool = _POOLS.get(threads)
         if pool is None:
@@ -620,8 +621,8 @@ class _KeyCounts:
 def _count_keys(buffer: bytes, bounds: np.ndarray) -> _KeyCounts:
     """Per message, from the colon positions of the raw bytes (see the module docstring).
 
-    ``buffer`` holds the messages joined by single newlines (message i at ``bounds[i]:bounds[i + 1] - 1``)
-    followed by at least three spare bytes. The work goes in slices of a few MB so that numpy's
+    ``buffer`` and ``bounds`` as ``join_messages`` makes them (three spare bytes after the last message).
+    The work goes in slices of a few MB so that numpy's
     temporaries stay small enough to be reused from the heap.
     """
     count = len(bounds) - 1
@@ -1011,7 +1012,7 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None], *, 
 
     flat_parts: list[_FastFlat] = []
     in_order = True
-    buffer = b"\n".join([*fast_messages, b"\n\n"])  # three spare bytes for _count_keys
+    buffer, bounds = join_messages(fast_messages)
     if fast_messages and not _utf8_buffer(buffer):  # rare: find the culprits, then join again
         keep = [_is_utf8(m) for m in fast_messages]
         for index, ok in zip(fast_indexes, keep, strict=True):
@@ -1019,12 +1020,8 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None], *, 
                 rows.reject_message(index, "MSG_NOT_UTF8", "(message)", "(message): not valid UTF-8")
         fast_messages = [m for m, ok in zip(fast_messages, keep, strict=True) if ok]
         fast_indexes = [i for i, ok in zip(fast_indexes, keep, strict=True) if ok]
-        buffer = b"\n".join([*fast_messages, b"\n\n"])
+        buffer, bounds = join_messages(fast_messages)
     if fast_messages:
-        bounds = np.zeros(len(fast_messages) + 1, dtype=np.int64)
-        np.cumsum(
-            np.fromiter(map(len, fast_messages), dtype=np.int64, count=len(fast_messages)) + 1, out=bounds[1:]
-        )
         parts, failed = _parse(buffer, bounds, 0, len(fast_messages), threads)
         slow.extend((fast_indexes[position], fast_messages[position]) for position in failed)
         if parts:

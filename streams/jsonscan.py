@@ -17,13 +17,14 @@ compare the two on crafted and generated messages), and everything else takes th
 Keys outside the contract are skipped after checking their value is strict JSON, and counted as the decoder
 counts them (``extra_fields``: keys carrying a value that is not null, and such keys inside them).
 
-The input is the batch's messages joined by single newlines (message ``i`` at ``bounds[i]:bounds[i+1] - 1``,
-UTF-8 already checked by the caller); strings are copied byte for byte (escapes decoded), so non-ASCII text
+The input is the batch's messages joined by single newlines (``join_messages``; UTF-8 already checked by the
+caller); strings are copied byte for byte (escapes decoded), so non-ASCII text
 comes out as Arrow's reader gives it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba as nb
@@ -34,7 +35,15 @@ import pyarrow as pa
 MAX_DEPTH = 64
 
 _STRING, _BOOL, _INT, _LIST = 0, 1, 2, 3
-_OK, _BAIL = 0, -1
+
+
+def join_messages(messages: Sequence[bytes]) -> tuple[bytes, np.ndarray]:
+    """The readers' input: the messages joined by single newlines, followed by two more (three spare bytes
+    after the last message: the decoder's byte arithmetic looks that far ahead), and the bounds (message ``i``
+    is ``buffer[bounds[i]:bounds[i + 1] - 1]``)."""
+    bounds = np.zeros(len(messages) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, messages), dtype=np.int64, count=len(messages)) + 1, out=bounds[1:])
+    return b"\n".join([*messages, b"\n\n"]), bounds
 
 
 # --- the contract's shape, from the Arrow schema --------------------------------------------------------------
@@ -414,9 +423,6 @@ def _scan(data, bounds, first, last, names, lengths, kinds, slots, level_of_stri
                 if c == 123 or c == 91:
                     pos, inside = _skip_nested(data, pos, end, stack)
                     extra += 1 + inside
-                elif c == 34:
-                    pos = _skip_string(data, pos + 1, end)
-                    extra += 1
                 else:
                     pos, valued = _skip_scalar(data, pos, end)
                     extra += valued

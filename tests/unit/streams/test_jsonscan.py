@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
 import pytest
 
 from streams.decode import _PARSE_OPTIONS, _RAW_MESSAGE
-from streams.jsonscan import MAX_DEPTH, ContractReader
+from streams.jsonscan import MAX_DEPTH, ContractReader, join_messages
 from tests.extract_factory import make_extract
 
 READER = ContractReader(_RAW_MESSAGE)
@@ -29,9 +28,7 @@ def compact(value) -> bytes:
 
 
 def scan(messages: list[bytes]) -> tuple[pa.Table, list[int], list[int]]:
-    buffer = b"\n".join([*messages, b"\n\n"])
-    bounds = np.zeros(len(messages) + 1, dtype=np.int64)
-    np.cumsum([len(m) + 1 for m in messages], out=bounds[1:])
+    buffer, bounds = join_messages(messages)
     table, positions, extras = READER.read(buffer, bounds, 0, len(messages))
     return table, positions.tolist(), extras.tolist()
 
