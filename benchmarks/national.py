@@ -324,12 +324,12 @@ def format_table(report: Mapping[str, Any]) -> str:
     scale = report.get("scale_out")
     if scale and scale.get("runs"):
         lines += ["", f"scale-out ({scale['cpu_count']} CPUs, broker on the same machine):",
-                  f"{'workers':>7} {'seconds':>9} {'records/s':>11} {'speed-up':>9} {'peak RSS MiB':>13} "
+                  f"{'workers':>7} {'seconds':>9} {'records/s':>11} {'speed-up':>9} {'peak RSS/worker':>16} "
                   f"{'wall s':>8}  tables"]
         for run in scale["runs"]:
             lines.append(
                 f"{run['workers']:>7} {_fmt(run.get('seconds')):>9} {_fmt(run.get('pupil_records_per_s')):>11} "
-                f"{_fmt(run.get('speedup')):>9} {_fmt(run.get('peak_rss_mib_sum')):>13} "
+                f"{_fmt(run.get('speedup')):>9} {_fmt(run.get('peak_rss_mib_max')):>16} "
                 f"{_fmt(run.get('wall_seconds')):>8}  "
                 + ("equal to reference" if run.get("equal_to_reference") else
                    "DIFFER: " + ", ".join(run.get("differences", [])))
@@ -798,7 +798,7 @@ def run_national(options: BenchOptions, settings: Settings, echo: Callable[[str]
             result.update({k: rates[k] for k in ("pupil_records_per_s", "marks_per_s", "megabytes_per_s")})
             result["seconds"] = _round(result["seconds"])
             echo(f"  {result['seconds']}s from first message to last commit ({result['wall_seconds']}s wall), "
-                 f"peak RSS {result['peak_rss_mib_sum']} MiB")
+                 f"peak RSS {result['peak_rss_mib_max']} MiB per worker ({result['peak_rss_mib_sum']} MiB all workers)")
             if result["stopped_after_drained"]:
                 echo(f"  {result['stopped_after_drained']} worker(s) had not exited 120 s after Delta held every "
                      "offset: stopped (a worker bug; the figures stand)")
