@@ -1035,17 +1035,17 @@ def decode_messages(values: Sequence[bytes | bytearray | memoryview | None], *, 
                                     for p, _, e in parts])
             unsure = np.zeros(len(positions), dtype=np.bool_)
             by_arrow = np.array([e is None for _, _, e in parts]).repeat([len(p) for p, _, _ in parts])
-            if by_arrow.any():
-                counts = _count_keys(buffer, bounds)
-                arrow_extra = counts.valued_keys[positions] - flat.contract_values
-                extra = np.where(by_arrow, arrow_extra, extra)
-                unsure = by_arrow & (counts.unsure[positions] | (arrow_extra < 0))
+            if by_arrow.any():  # the byte arithmetic over those messages only
+                rows_by_arrow = np.flatnonzero(by_arrow)
+                counts = _count_keys(*join_messages([fast_messages[p] for p in positions[rows_by_arrow]]))
+                arrow_extra = counts.valued_keys - flat.contract_values[rows_by_arrow]
+                extra[rows_by_arrow] = arrow_extra
+                unsure[rows_by_arrow] = counts.unsure | (arrow_extra < 0)
                 # Arrow skipped the extra values unseen: where one is an object or array, or starts like
                 # NaN/Infinity, make sure the message is strict JSON (and not nested too deeply).
-                suspect = by_arrow & ~unsure & (
-                    (counts.nested_values[positions] > flat.contract_nested) | counts.odd_values[positions]
-                )
-                for k in np.flatnonzero(suspect):
+                suspect = rows_by_arrow[~unsure[rows_by_arrow] & (
+                    (counts.nested_values > flat.contract_nested[rows_by_arrow]) | counts.odd_values)]
+                for k in suspect:
                     try:
                         _VALIDATOR.decode(fast_messages[positions[k]])
                     except (msgspec.DecodeError, RecursionError):
