@@ -137,7 +137,9 @@ def day_batches(
         rows = np.nonzero((school_of_pupil >= first) & (school_of_pupil < first + batch_schools))[0]
         b_urn, b_upn = urn.take(pa.array(rows)), upn.take(pa.array(rows))
         sessions = session_rows(b_urn, b_upn, day, generated, rng, f"extract-{day}-{first}")
-        amended = rng.choice(len(rows), size=int(2 * len(rows) * amend_share), replace=True)
+        # Distinct pupils per amended day: an extract carrying one mark twice is rejected by validation
+        # (duplicate_session), so the sink never sees it.
+        amended = rng.choice(len(rows), size=int(2 * len(rows) * amend_share), replace=False)
         amend_days = [day - timedelta(days=d) for d in (1, 2, 3, 4, 5)]
         parts = [sessions]
         for index, amend_day in enumerate(amend_days):

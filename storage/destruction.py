@@ -204,7 +204,7 @@ def _destroy(contract: TableContract, lake_uri: str, storage_options: Mapping[st
     if delta is None:
         return None
     version_before = delta.version()
-    deleted = delta.delete(predicate)
+    deleted = delta.delete(predicate, writer_properties=lake.WRITER_PROPERTIES)
     # Lite vacuum, zero retention: every file the log marks as removed, now (incl. those just deleted).
     removed = delta.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
     # Full vacuum with a grace period: files never committed (failed writes) older than the grace.

@@ -97,9 +97,11 @@ def _compact(delta: DeltaTable, contract: TableContract) -> tuple[int, str | Non
             # One commit per partition: a conflict then only costs that partition's work.
             interval = timedelta(0) if contract.partition_by else None
             if contract.name in CLUSTER_BY:
-                metrics = delta.optimize.z_order(CLUSTER_BY[contract.name], min_commit_interval=interval)
+                metrics = delta.optimize.z_order(CLUSTER_BY[contract.name], min_commit_interval=interval,
+                                                  writer_properties=lake.WRITER_PROPERTIES)
             else:
-                metrics = delta.optimize.compact(min_commit_interval=interval)
+                metrics = delta.optimize.compact(min_commit_interval=interval,
+                                                 writer_properties=lake.WRITER_PROPERTIES)
             return int(metrics.get("numFilesRemoved", 0)), None
         except CommitFailedError as exc:
             log.info("%s: compaction conflicted with a concurrent write (attempt %d): %s",

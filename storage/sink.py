@@ -49,6 +49,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from attendance import metrics
 from storage import lake
+from storage.current import resolved_pupils
 from storage.tables import (
     ATTENDANCE_SESSIONS,
     EXTRACTS,
@@ -73,12 +74,6 @@ OFFSETS_TABLE = ATTENDANCE_SESSIONS
 #: that a fold's memory stays bounded whatever the day's size.
 PUPIL_FOLD_RANGES = 16
 SCHOOLS_PER_FOLD_RANGE = 650
-
-#: Pupil columns whose change makes a new version of the pupil (``current_since`` moves).
-PUPIL_CHARACTERISTICS = tuple(
-    name for name in PUPILS.schema.names
-    if name not in ("urn", "upn", "extract_id", "generated_at", "current_since")
-)
 
 TopicPartition = tuple[str, int]
 _Offsets = dict[TopicPartition, int]
@@ -299,9 +294,10 @@ class DeltaSink:
         rows_written: dict[str, int] = {}
         if _has_rows(batch.pupils):
             assert batch.pupils is not None
+            # current_since: when the record was staged (the version it makes is current from then on).
             staged = dedupe_newest(lake.conform(batch.pupils.drop_columns(
-                [c for c in ("current_since",) if c in batch.pupils.column_names]), PUPILS),
-                PUPILS.key, "generated_at")
+                [c for c in ("current_since",) if c in batch.pupils.column_names]), PUPILS,
+                fill={"current_since": now}), PUPILS.key, "generated_at")
             ranges = fold_ranges(staged.column("urn"), self._urn_boundaries())
             self._append(STAGED_PUPILS, staged.append_column("fold_range", ranges), progress)
         if _has_rows(batch.extracts):
@@ -357,14 +353,17 @@ class DeltaSink:
             written = 0
             offsets_written = not advancing
             if source is not None:
-                keys = _school_day_keys(source)
-                present = pc.is_in(keys, value_set=self._recorded_school_days(source))
+                days = _school_days(source)
+                recorded = days.join(self._recorded_school_days(days), on=["urn", "date"], how="semi")
+                present = _rows_of_school_days(source, recorded)
                 known, fresh = source.filter(present), source.filter(pc.invert(present))
                 if known.num_rows:
                     self._append(STAGED_SESSIONS, known, progress)
                 if fresh.num_rows:
-                    self._record_school_days(fresh, progress)
-                    write_deltalake(delta, fresh, mode="append", commit_properties=properties)
+                    self._append(SESSION_SCHOOL_DAYS, days.join(recorded, on=["urn", "date"], how="anti").to_arrow(),
+                                 progress, count=False)
+                    write_deltalake(delta, fresh, mode="append", commit_properties=properties,
+                                    writer_properties=lake.WRITER_PROPERTIES)
                     written += fresh.num_rows
                     offsets_written = True
             if not offsets_written:
@@ -380,24 +379,21 @@ class DeltaSink:
         metrics.DELTA_ROWS_WRITTEN.labels(table=ATTENDANCE_SESSIONS.name).inc(written)
         return written, version, committed, already
 
-    def _recorded_school_days(self, source: pa.Table) -> pa.Array:
-        """``urn|date`` of the source's school-days recorded in ``session_school_days`` (partition-pruned)."""
+    def _recorded_school_days(self, days: pl.DataFrame) -> pl.DataFrame:
+        """(urn, date) recorded in ``session_school_days`` for the dates of ``days`` (files chosen from the
+        Delta log by partition before any is opened)."""
         delta = self._table(SESSION_SCHOOL_DAYS, refresh=True)
-        dates = lake.in_list("date", source.column("date").cast(pa.string()))
-        recorded = pa.table(QueryBuilder().register("days", delta)
-                            .execute(f"SELECT urn, date FROM days WHERE {dates}").read_all())
-        return _school_day_keys(recorded).combine_chunks() if recorded.num_rows else pa.array([], pa.string())
+        dates = days.get_column("date").unique().to_list()
+        recorded = pl.from_arrow(delta.to_pyarrow_dataset(
+            file_pruning_predicate=[("date", "in", [str(day) for day in dates])]).to_table(columns=["urn", "date"]))
+        assert isinstance(recorded, pl.DataFrame)
+        return recorded
 
-    def _record_school_days(self, rows: pa.Table, progress: _Progress, *, skip_recorded: bool = False) -> None:
-        """Record the school-days of ``rows`` before the rows themselves are committed (blind append:
-        a school-day recorded twice is harmless, one never recorded is not). ``skip_recorded``: leave out
-        those already recorded (a fold's amendments are mostly of recorded days)."""
-        days = pl.from_arrow(rows.select(["urn", "date"]))
-        assert isinstance(days, pl.DataFrame)
-        days = days.unique()
-        if skip_recorded:
-            recorded = self._recorded_school_days(rows)
-            days = days.filter(~pl.Series(pc.is_in(_school_day_keys(days.to_arrow()), value_set=recorded)))
+    def _record_school_days(self, rows: pa.Table, progress: _Progress) -> None:
+        """Record the school-days of ``rows`` not recorded yet, before the rows themselves are committed
+        (blind append: a school-day recorded twice is harmless, one never recorded is not)."""
+        days = _school_days(rows)
+        days = days.join(self._recorded_school_days(days), on=["urn", "date"], how="anti")
         if days.height:
             self._append(SESSION_SCHOOL_DAYS, days.to_arrow(), progress, count=False)
 
@@ -406,7 +402,8 @@ class DeltaSink:
         rows = lake.conform(data, contract)
 
         def attempt() -> int:
-            write_deltalake(self._table(contract, refresh=True), rows, mode="append")
+            write_deltalake(self._table(contract, refresh=True), rows, mode="append",
+                            writer_properties=lake.WRITER_PROPERTIES)
             return rows.num_rows
 
         written = self._with_retries(contract, attempt, progress)
@@ -426,9 +423,8 @@ class DeltaSink:
         with self._lock:
             started = time.perf_counter()
             progress = _Progress()
-            now = self._clock()
             sessions = self._fold_sessions(progress)
-            pupils = self._fold_pupils(now, progress)
+            pupils = self._fold_pupils(progress)
             extracts = self._fold_extracts(progress)
             seconds = time.perf_counter() - started
             metrics.FOLD_SECONDS.observe(seconds)
@@ -462,13 +458,14 @@ class DeltaSink:
             staged += part.num_rows
             source = dedupe_newest(part, ATTENDANCE_SESSIONS.key, "generated_at")
             del part
-            self._record_school_days(source, progress, skip_recorded=True)
+            self._record_school_days(source, progress)
             predicate = f"{_equal_match(ATTENDANCE_SESSIONS.key)} AND t.date = {lake.sql_literal(day)}"
 
             def attempt(source: pa.Table = source, predicate: str = predicate) -> int:
                 result = (
                     self._table(ATTENDANCE_SESSIONS, refresh=True)
-                    .merge(source, predicate, source_alias="s", target_alias="t")
+                    .merge(source, predicate, source_alias="s", target_alias="t",
+                       writer_properties=lake.WRITER_PROPERTIES)
                     .when_matched_update_all(predicate="s.generated_at > t.generated_at")
                     .when_not_matched_insert_all()
                     .execute()
@@ -482,10 +479,13 @@ class DeltaSink:
         metrics.FOLDED_ROWS.labels(table=STAGED_SESSIONS.name).inc(removed)
         return FoldCount(staged, changed, removed)
 
-    def _fold_pupils(self, now: datetime, progress: _Progress) -> FoldCount:
-        """Newest generated_at wins per (urn, upn): a newer record with different characteristics is a new
-        version, current from this fold; a newer record saying the same moves only the provenance (so that a
-        late older extract can never win).
+    def _fold_pupils(self, progress: _Progress) -> FoldCount:
+        """Write what ``storage.current.resolved_pupils`` says is current for every pupil a staged record
+        changes: newest generated_at wins per (urn, upn); a newer record with different characteristics is
+        a new version, current since it was staged; a newer record saying the same moves only the provenance
+        (so that a late older extract can never win). The stored rows it resolves against are read from the
+        snapshot the MERGE commits on, so a concurrent fold makes the commit conflict and the range is
+        resolved again.
 
         Staged pupil records are partitioned by URN range (``fold_range``: ``PUPIL_FOLD_RANGES`` ranges cut
         at quantiles of the register's URNs), and the fold reads and MERGEs one range at a time: its memory
@@ -496,36 +496,36 @@ class DeltaSink:
         snapshot, fold_ranges_staged = self._staged_partitions(STAGED_PUPILS)
         if not fold_ranges_staged:
             return FoldCount(0, 0, 0)
-        changed = " OR ".join(f"(t.{name} IS DISTINCT FROM s.{name})" for name in PUPIL_CHARACTERISTICS)
-        newer = "s.generated_at > t.generated_at"
         staged = written = 0
         for fold_range in fold_ranges_staged:
             part = _read_partition(snapshot, "fold_range", fold_range)
             staged += part.num_rows
-            source = dedupe_newest(lake.conform(part.drop_columns(["current_since", "fold_range"]), PUPILS,
-                                                fill={"current_since": now}), PUPILS.key, "generated_at")
+            staged_rows = pl.from_arrow(lake.conform(part.drop_columns(["fold_range"]), PUPILS))
+            assert isinstance(staged_rows, pl.DataFrame)
             del part
+            low, high = staged_rows.get_column("urn").min(), staged_rows.get_column("urn").max()
 
-            # The part's own URN span as literals: delta-rs then skips the other ranges' files (it does not
-            # derive this from the source by itself), and no staged row can fall outside it.
-            low, high = pc.min_max(source.column("urn")).values()
-            predicate = (f"{_equal_match(PUPILS.key)} AND t.urn >= {lake.sql_literal(low)} "
-                         f"AND t.urn <= {lake.sql_literal(high)}")
-
-            def attempt(source: pa.Table = source, predicate: str = predicate) -> int:
+            def attempt(staged_rows: pl.DataFrame = staged_rows, low: str = low, high: str = high) -> int:
+                delta = self._table(PUPILS, refresh=True)
+                stored = pl.scan_delta(delta).filter(pl.col("urn").is_between(pl.lit(low), pl.lit(high)))
+                source = lake.conform(resolved_pupils(stored, staged_rows.lazy()).collect().to_arrow(), PUPILS)
+                if not source.num_rows:
+                    return 0
+                # The range's URN span as literals: delta-rs then skips the other ranges' files (it does not
+                # derive this from the source by itself), and no staged row can fall outside it.
+                predicate = (f"{_equal_match(PUPILS.key)} AND t.urn >= {lake.sql_literal(low)} "
+                             f"AND t.urn <= {lake.sql_literal(high)}")
                 result = (
-                    self._table(PUPILS, refresh=True)
-                    .merge(source, predicate, source_alias="s", target_alias="t")
-                    .when_matched_update_all(predicate=f"{newer} AND ({changed})")
-                    .when_matched_update(
-                        updates={"extract_id": "s.extract_id", "generated_at": "s.generated_at"}, predicate=newer)
+                    delta.merge(source, predicate, source_alias="s", target_alias="t",
+                                writer_properties=lake.WRITER_PROPERTIES)
+                    .when_matched_update_all()
                     .when_not_matched_insert_all()
                     .execute()
                 )
                 return _rows_changed(result)
 
             written += self._with_retries(PUPILS, attempt, progress)
-            del source
+            del staged_rows
         metrics.DELTA_ROWS_WRITTEN.labels(table=PUPILS.name).inc(written)
         removed = self._remove_staged(STAGED_PUPILS, snapshot, progress)
         metrics.FOLDED_ROWS.labels(table=STAGED_PUPILS.name).inc(removed)
@@ -598,13 +598,19 @@ class DeltaSink:
         def attempt() -> int:
             result = (
                 self._table(EXTRACTS, refresh=True)
-                .merge(source, predicate, source_alias="s", target_alias="t")
+                .merge(source, predicate, source_alias="s", target_alias="t",
+                       writer_properties=lake.WRITER_PROPERTIES)
                 .when_matched_update(
                     updates={**{name: f"s.{name}" for name in EXTRACTS.schema.names
                                 if name not in ("extract_id", "first_seen_at")},
                              "first_seen_at": "CASE WHEN t.first_seen_at IS NULL OR s.first_seen_at < "
                                               "t.first_seen_at THEN s.first_seen_at ELSE t.first_seen_at END"},
                     predicate="t.last_seen_at IS NULL OR s.last_seen_at >= t.last_seen_at")
+                # An older state of the extract that saw it first still lowers first_seen_at.
+                .when_matched_update(
+                    updates={"first_seen_at": "s.first_seen_at"},
+                    predicate="s.first_seen_at IS NOT NULL AND (t.first_seen_at IS NULL OR "
+                              "s.first_seen_at < t.first_seen_at)")
                 .when_not_matched_insert_all()
                 .execute()
             )
@@ -630,7 +636,8 @@ class DeltaSink:
         def attempt() -> int:
             result = (
                 self._table(contract, refresh=True)
-                .merge(source, predicate, source_alias="s", target_alias="t")
+                .merge(source, predicate, source_alias="s", target_alias="t",
+                       writer_properties=lake.WRITER_PROPERTIES)
                 .when_not_matched_insert_all()
                 .execute()
             )
@@ -679,17 +686,33 @@ class DeltaSink:
 
 
 def fold_ranges(urns: pa.Array | pa.ChunkedArray, boundaries: list[str]) -> pa.Array:
-    """The fold range of each URN: the number of ``boundaries`` at or below it (0 .. len(boundaries))."""
-    values = urns.to_numpy(zero_copy_only=False)
+    """The fold range of each URN: the number of ``boundaries`` at or below it (0 .. len(boundaries)).
+    Searched once per distinct URN (a batch holds a few hundred schools), then spread to the rows."""
+    encoded = pc.dictionary_encode(urns).combine_chunks() if isinstance(urns, pa.ChunkedArray) \
+        else pc.dictionary_encode(urns)
     if not boundaries:
-        return pa.array(np.zeros(len(values), dtype=np.int32))
-    ranges = np.searchsorted(np.array(boundaries, dtype=object), values, side="right")
-    return pa.array(ranges.astype(np.int32))
+        return pa.array(np.zeros(len(urns), dtype=np.int32))
+    per_urn = np.searchsorted(np.array(boundaries, dtype=object),
+                              encoded.dictionary.to_numpy(zero_copy_only=False), side="right").astype(np.int32)
+    return pa.array(per_urn[encoded.indices.to_numpy(zero_copy_only=False)])
 
 
-def _school_day_keys(data: pa.Table) -> pa.ChunkedArray:
-    urn = data.column("urn").cast(pa.string())
-    return pc.binary_join_element_wise(urn, data.column("date").cast(pa.string()), "|")
+def _school_days(rows: pa.Table) -> pl.DataFrame:
+    """The distinct (urn, date) of ``rows``."""
+    days = pl.from_arrow(rows.select(["urn", "date"]), rechunk=False)
+    assert isinstance(days, pl.DataFrame)
+    return days.unique()
+
+
+def _rows_of_school_days(rows: pa.Table, days: pl.DataFrame) -> pa.Array:
+    """Which of ``rows`` belong to one of ``days`` (a mask, in row order)."""
+    if not days.height:
+        return pa.array(np.zeros(rows.num_rows, dtype=bool))
+    frame = pl.from_arrow(rows.select(["urn", "date"]), rechunk=False)
+    assert isinstance(frame, pl.DataFrame)
+    flagged = frame.join(days.with_columns(pl.lit(True).alias("__day")), on=["urn", "date"], how="left",
+                         maintain_order="left")
+    return flagged.get_column("__day").is_not_null().to_arrow()
 
 
 def _rows_changed(merge_metrics: Mapping[str, Any]) -> int:

@@ -317,21 +317,40 @@ def test_a_batch_without_session_rows_still_commits_its_offsets(lake_uri: str) -
     ] == []
 
 
-def test_pupils_newest_wins_and_current_since_moves_only_when_characteristics_change(lake_uri: str) -> None:
-    # The clock is read once per batch and once per fold: batch 1 at 12:00, its fold at 13:00, and so on.
+@pytest.mark.parametrize("fold_each_batch", [True, False])
+def test_pupils_newest_wins_and_current_since_moves_only_when_characteristics_change(
+        lake_uri: str, fold_each_batch: bool) -> None:
+    # The clock is read once per batch: batch 1 at 12:00, batch 2 at 13:00, and so on.
     times = iter([datetime(2026, 11, 16, h, tzinfo=UTC) for h in range(12, 20)])
     sink = DeltaSink(lake_uri, clock=lambda: next(times))
     for offset, (sen, generated) in enumerate([("N", NINE), ("N", TEN), ("K", ELEVEN), ("E", TEN)], start=1):
-        # new, the same again (newer), changed (newer: folded at 17:00), a late older extract
+        # new, the same again (newer), changed (newer: staged at 14:00), a late older extract
         sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", sen, generated)]), offsets={(TOPIC, 0): offset}))
-        sink.fold()
+        if fold_each_batch:
+            sink.fold()
+    sink.fold()
 
     [row] = lake.read_table(PUPILS, lake_uri).to_pylist()
     assert (row["sen_provision"], row["generated_at"], row["current_since"]) == (
         "K",
         ELEVEN,
-        datetime(2026, 11, 16, 17, tzinfo=UTC),
+        datetime(2026, 11, 16, 14, tzinfo=UTC),
     )
+
+
+def test_a_version_is_current_since_the_first_record_that_said_it_however_often_folds_run(lake_uri: str) -> None:
+    times = iter([datetime(2026, 11, 16, h, tzinfo=UTC) for h in range(12, 20)])
+    sink = DeltaSink(lake_uri, clock=lambda: next(times))
+    sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", "N", NINE)]), offsets={(TOPIC, 0): 1}))
+    sink.fold()
+    # Changed at 13:00, said again at 14:00, both staged before the next fold.
+    for offset, generated in ((2, TEN), (3, ELEVEN)):
+        sink.write_batch(SinkBatch(pupils=pupils([("100001", "A1", "K", generated)]), offsets={(TOPIC, 0): offset}))
+    sink.fold()
+
+    [row] = lake.read_table(PUPILS, lake_uri).to_pylist()
+    assert (row["sen_provision"], row["generated_at"], row["current_since"]) == (
+        "K", ELEVEN, datetime(2026, 11, 16, 13, tzinfo=UTC))
 
 
 def test_a_national_days_extracts_fold_in_one_merge(lake_uri: str) -> None:
