@@ -44,6 +44,7 @@ from access.policy import (
 )
 from access.sql_guard import scan_sql
 from attendance.errors import UserFacingError
+from storage import current
 from storage.tables import SCHOOLS, TABLES, Zone
 
 log = logging.getLogger(__name__)
@@ -415,6 +416,12 @@ class View:
                     f"{self._zone_name(name)} is granted to role {self.grant.role!r} (rule {grant_rule}) "
                     "but has not been written yet",
                 ) from None
+            if name in current.STAGED_INTO and source.uri == TABLES[name].path(self.lake_uri):
+                # Rows the sink has committed but not folded yet are read too (merge-on-read), and the
+                # staging table's version goes to the audit with the table's.
+                frame, read = current.scan_current(TABLES[name], self.lake_uri, self.storage_options, stored=table)
+                versions.update(read)
+                return frame
             versions[self._zone_name(name)] = table.version()
             return pl.scan_delta(table)
         versions[self._zone_name(name)] = None

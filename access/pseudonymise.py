@@ -340,6 +340,10 @@ def pseudonymise(
     now = now or datetime.now(UTC)
     opts = dict(storage_options if storage_options is not None else lake_storage_options(lake_uri=lake_uri))
 
+    # Marks and pupil records a worker staged but has not folded yet count (storage.current).
+    from storage.sink import fold_staged
+
+    fold_staged(lake_uri, opts)
     session_rows = 0
     dates_refreshed = 0
     sessions = _open(ATTENDANCE_SESSIONS.path(lake_uri), opts)

@@ -30,6 +30,7 @@ from dq.checks import (
     run_checks,
 )
 from storage.lake import storage_options
+from storage.sink import fold_staged
 from storage.tables import UTC_TS, TableContract, Zone, register, table
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,8 @@ def record_metrics(counts: dict[str, int], finished_at: float | None = None) -> 
 def run_report(lake_uri: str, day: dt.date, thresholds: Thresholds = Thresholds(),
                checks: tuple[str, ...] | None = None, write: bool = True) -> ReportResult:
     """Run the data-quality checks for ``day``, store them (unless ``write`` is False) and count them."""
+    # Marks, pupils and extracts a worker staged but has not folded yet count (storage.current).
+    fold_staged(lake_uri, storage_options(lake_uri=lake_uri))
     inputs, notes = read_inputs(lake_uri, day, thresholds)
     exceptions = run_checks(inputs, day, thresholds, checks)
     counts = count_by_check(exceptions)

@@ -755,9 +755,10 @@ def run_aggregation(
             "(run the stream worker first, or check ATTENDANCE_LAKE_URI)"
         )
     # Amendments and pupil records a worker staged but has not folded yet count from this run on.
-    from storage.sink import DeltaSink
+    from storage.sink import fold_staged
 
-    if DeltaSink(lake_uri, storage_options).fold().sessions.changed:
+    folded = fold_staged(lake_uri, storage_options)
+    if folded is not None and folded.sessions.changed:
         sessions = lake.open(table("attendance_sessions"))
         assert sessions is not None
     sessions_version = sessions.version()

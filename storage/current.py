@@ -66,26 +66,44 @@ def current_sessions(stored: pl.LazyFrame, staged: pl.LazyFrame) -> pl.LazyFrame
 def resolved_pupils(stored: pl.LazyFrame, staged: pl.LazyFrame) -> pl.LazyFrame:
     """The current row of every pupil that a staged record changes (newer than the stored row, or new):
     what a fold writes. Staged ``current_since`` is when the record was staged."""
-    stored_at = stored.select(*_PUPIL_KEY, pl.col("generated_at").alias("__stored_at"))
-    newer = (staged.join(stored_at, on=_PUPIL_KEY, how="left")
+    names = PUPILS.schema.names
+    stored_side = stored.select(
+        *_PUPIL_KEY, pl.col("generated_at").alias("__stored_at"),
+        pl.coalesce("current_since", "generated_at").alias("__stored_since"),
+        *[pl.col(name).alias(f"__stored_{name}") for name in PUPIL_CHARACTERISTICS])
+    newer = (staged.join(stored_side, on=_PUPIL_KEY, how="left")
              .filter(pl.col("__stored_at").is_null() | (pl.col("generated_at") > pl.col("__stored_at")))
-             .drop("__stored_at")
              # Rows staged before staging stamped current_since: from when the record was taken.
-             .with_columns(pl.col("current_since").fill_null(pl.col("generated_at"))))
-    touched = newer.select(_PUPIL_KEY).unique()
+             .with_columns(pl.col("current_since").fill_null(pl.col("generated_at")),
+                           pl.len().over(_PUPIL_KEY).alias("__records")))
+    # One newer record (the usual case): a new version, unless it says what the stored row says.
+    says_the_same = pl.col("__stored_at").is_not_null() & pl.all_horizontal(
+        [pl.col(name).eq_missing(pl.col(f"__stored_{name}")) for name in PUPIL_CHARACTERISTICS])
+    single = (newer.filter(pl.col("__records") == 1)
+              .with_columns(pl.when(says_the_same).then(pl.col("__stored_since")).otherwise(pl.col("current_since"))
+                            .alias("current_since"))
+              .select(names))
+    # Several: runs over the stored row and the records in generated_at order.
+    several = newer.filter(pl.col("__records") > 1).select(names)
     history = pl.concat([
-        stored.join(touched, on=_PUPIL_KEY, how="semi").with_columns(pl.lit(0, pl.Int8).alias("__staged")),
-        newer.with_columns(pl.lit(1, pl.Int8).alias("__staged")),
+        stored.join(several.select(_PUPIL_KEY).unique(), on=_PUPIL_KEY, how="semi")
+        .with_columns(pl.coalesce("current_since", "generated_at").alias("current_since"),
+                      pl.lit(0, pl.Int8).alias("__staged")),
+        several.with_columns(pl.lit(1, pl.Int8).alias("__staged")),
     ], how="vertical_relaxed").sort([*_PUPIL_KEY, "generated_at", "__staged", "current_since"])
-    first = pl.int_range(pl.len()).over(_PUPIL_KEY) == 0
-    differs = pl.any_horizontal([pl.col(name).ne_missing(pl.col(name).shift(1).over(_PUPIL_KEY))
-                                 for name in PUPIL_CHARACTERISTICS])
-    return (history
-            .with_columns(pl.when(first | differs).then(pl.col("current_since")).alias("__run_since"))
-            .with_columns(pl.col("__run_since").forward_fill().over(_PUPIL_KEY))
-            .unique(subset=_PUPIL_KEY, keep="last", maintain_order=True)
-            .with_columns(pl.col("__run_since").alias("current_since"))
-            .select(PUPILS.schema.names))
+    # Sorted by pupil, so neighbours are compared directly (windows per pupil cost a group-by each).
+    same_pupil = pl.all_horizontal([pl.col(name) == pl.col(name).shift(1) for name in _PUPIL_KEY]).fill_null(False)
+    differs = pl.any_horizontal([pl.col(name).ne_missing(pl.col(name).shift(1)) for name in PUPIL_CHARACTERISTICS])
+    last_of_pupil = pl.all_horizontal([pl.col(name) == pl.col(name).shift(-1) for name in _PUPIL_KEY]
+                                      ).fill_null(False).not_()
+    runs = (history
+            # A run begins at a pupil's first row and wherever the characteristics change; every run's first
+            # row has a current_since, so filling forward never crosses into another pupil.
+            .with_columns(pl.when(same_pupil.not_() | differs).then(pl.col("current_since")).forward_fill()
+                          .alias("current_since"))
+            .filter(last_of_pupil)
+            .select(names))
+    return pl.concat([single, runs], how="vertical_relaxed")
 
 
 def current_pupils(stored: pl.LazyFrame, staged: pl.LazyFrame) -> pl.LazyFrame:

@@ -483,15 +483,15 @@ class DeltaSink:
         """Write what ``storage.current.resolved_pupils`` says is current for every pupil a staged record
         changes: newest generated_at wins per (urn, upn); a newer record with different characteristics is
         a new version, current since it was staged; a newer record saying the same moves only the provenance
-        (so that a late older extract can never win). The stored rows it resolves against are read from the
-        snapshot the MERGE commits on, so a concurrent fold makes the commit conflict and the range is
-        resolved again.
+        (so that a late older extract can never win). Each URN range is read, resolved and rewritten whole
+        (an overwrite with the range as predicate, committed on the snapshot it was read from: a concurrent
+        fold or purge of the range makes the commit conflict, and the range is read and resolved again).
 
         Staged pupil records are partitioned by URN range (``fold_range``: ``PUPIL_FOLD_RANGES`` ranges cut
-        at quantiles of the register's URNs), and the fold reads and MERGEs one range at a time: its memory
-        is about 1/``PUPIL_FOLD_RANGES`` of what is staged, whatever the day's size, so a worker can fold a
-        whole national day at once. Every file a range's MERGE writes holds URNs of that range only, so
-        delta-rs prunes the other ranges' files (URN statistics) and a fold rewrites the table once.
+        at quantiles of the register's URNs), and the fold works one range at a time: its memory is about
+        1/``PUPIL_FOLD_RANGES`` of the table and of what is staged, whatever the day's size, so a worker can
+        fold a whole national day at once. Every file a range's rewrite writes holds URNs of that range only,
+        so the other ranges' files are pruned (URN statistics) and a fold rewrites the table once.
         """
         snapshot, fold_ranges_staged = self._staged_partitions(STAGED_PUPILS)
         if not fold_ranges_staged:
@@ -507,22 +507,17 @@ class DeltaSink:
 
             def attempt(staged_rows: pl.DataFrame = staged_rows, low: str = low, high: str = high) -> int:
                 delta = self._table(PUPILS, refresh=True)
-                stored = pl.scan_delta(delta).filter(pl.col("urn").is_between(pl.lit(low), pl.lit(high)))
-                source = lake.conform(resolved_pupils(stored, staged_rows.lazy()).collect().to_arrow(), PUPILS)
-                if not source.num_rows:
+                in_range = (f"urn >= {lake.sql_literal(low)} AND urn <= {lake.sql_literal(high)}")
+                stored = pl.scan_delta(delta).filter(pl.col("urn").is_between(pl.lit(low), pl.lit(high))).collect()
+                resolved = resolved_pupils(stored.lazy(), staged_rows.lazy()).collect()
+                if not resolved.height:
                     return 0
-                # The range's URN span as literals: delta-rs then skips the other ranges' files (it does not
-                # derive this from the source by itself), and no staged row can fall outside it.
-                predicate = (f"{_equal_match(PUPILS.key)} AND t.urn >= {lake.sql_literal(low)} "
-                             f"AND t.urn <= {lake.sql_literal(high)}")
-                result = (
-                    delta.merge(source, predicate, source_alias="s", target_alias="t",
-                                writer_properties=lake.WRITER_PROPERTIES)
-                    .when_matched_update_all()
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
-                return _rows_changed(result)
+                kept = stored.join(resolved.select(PUPILS.key), on=list(PUPILS.key), how="anti")
+                # The range rewritten whole, from the snapshot it was read at: a concurrent fold or purge of
+                # the range makes this commit conflict (and the range is read and resolved again).
+                write_deltalake(delta, lake.conform(pl.concat([kept, resolved]).to_arrow(), PUPILS),
+                                mode="overwrite", predicate=in_range, writer_properties=lake.WRITER_PROPERTIES)
+                return resolved.height
 
             written += self._with_retries(PUPILS, attempt, progress)
             del staged_rows
@@ -683,6 +678,17 @@ class DeltaSink:
                 progress.table_seconds.get(contract.name, 0.0) + finished - first_started)
             return outcome
         raise AssertionError("unreachable")
+
+
+def fold_staged(lake_uri: str, storage_options: Mapping[str, str] | None = None) -> FoldResult | None:
+    """Fold what workers have staged, for a batch job about to read whole tables (aggregation,
+    pseudonymisation, the data-quality report): its outputs then derive from the stored tables, and an
+    incremental job sees the amendments in the tables' own history. None when the lake holds no staging
+    table (the sink never wrote it)."""
+    if all(lake.open_table(contract, lake_uri, storage_options) is None
+           for contract in (STAGED_SESSIONS, STAGED_PUPILS, STAGED_EXTRACTS)):
+        return None
+    return DeltaSink(lake_uri, storage_options).fold()
 
 
 def fold_ranges(urns: pa.Array | pa.ChunkedArray, boundaries: list[str]) -> pa.Array:

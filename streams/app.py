@@ -316,13 +316,6 @@ class ExtractWorker:
         if self.state.staged_since_fold >= self.settings.fold_max_staged_rows:
             await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")
 
-    def folds_at_drain(self) -> bool:
-        """Whether this run-once worker folds when drained: the one holding the topic's partition 0 does.
-        Drained means Delta holds every partition's records, so that one fold takes in every worker's staged
-        rows; each worker folding them again only repeated the work and made the folds conflict (measured:
-        two workers' folds took 70 s against one worker's 18 s on a national day)."""
-        return (self.settings.topic_extracts, 0) in self.state.assigned
-
     def fold_due(self, now: float) -> str | None:
         return fold_reason(self.state.staged_since_fold, now - self.state.last_record_at,
                            now - self.state.last_fold_at, self.settings)
@@ -469,12 +462,9 @@ class ExtractWorker:
                         await self.settle_write()
                     except BatchAbandoned:
                         return  # back at Delta's offsets: not drained after all
+                    # No fold here: staged rows are committed, and read with their tables until the next
+                    # fold (storage.current); `attendance aggregate` or `attendance lake fold` folds them.
                     log.info("drained: every partition of the topic processed to its end offset")
-                    if self.folds_at_drain():
-                        await self._fold("drained")
-                    else:
-                        log.info("fold left to the worker holding partition 0 (staged rows of every worker "
-                                 "are in Delta now; `attendance aggregate` folds anything left)")
                 self.drained.set()
                 return
         why = self.fold_due(time.monotonic())

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import orjson
 import polars as pl
-from deltalake import DeltaTable
 
 from attendance.settings import Settings
 from attendance.topics import create_topics
 from ingest.generate import generate
 from ingest.producer import find_extract_files, send_files
 from ingest.register import read_gias_csv, write_register
+from storage.current import read_current
 from storage.tables import ATTENDANCE_SESSIONS, EXTRACTS, PUPILS, QUARANTINE
 from tests.conftest import settings_env
 
@@ -120,7 +120,8 @@ class Sender(threading.Thread):
 
 
 def read(settings: Settings, contract) -> pl.DataFrame:
-    return pl.from_arrow(DeltaTable(contract.path(settings.lake_uri)).to_pyarrow_table())
+    """The table's current state: rows the sink staged and nobody folded yet included (storage.current)."""
+    return read_current(contract, settings.lake_uri)
 
 
 def expected_sessions(files: list[Path]) -> pl.DataFrame:

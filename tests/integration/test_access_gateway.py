@@ -33,6 +33,8 @@ from storage.tables import (
     PUPILS,
     QUARANTINE,
     SCHOOLS,
+    SESSION_SCHOOL_DAYS,
+    STAGED_SESSIONS,
     TableContract,
     Zone,
     register,
@@ -254,6 +256,26 @@ def test_school_sees_only_its_own_pupils_and_aggregates(lake: str) -> None:
     assert v.sql("SELECT * FROM attendance_sessions WHERE urn = '100002'").num_rows == 0
     assert column(v.sql("SELECT urn FROM school_daily"), "urn") == ["100001"]
     assert "raw_message" not in v.sql("SELECT * FROM quarantine").column_names
+
+
+def test_a_school_reads_amendments_the_sink_committed_before_they_are_folded(fresh_lake: str) -> None:
+    from storage.sink import DeltaSink, SinkBatch
+
+    upn = upn_of("100001", 1)
+    amended = {"urn": "100001", "upn": upn, "date": DAY1, "session": "AM", "code": "N", "is_possible": True,
+               "extract_id": "x-amend", "generated_at": T0 + dt.timedelta(days=1)}
+    # The fixture wrote the marks without the sink: record their school-day as the sink would have.
+    write_deltalake(SESSION_SCHOOL_DAYS.path(fresh_lake), pa.table({"urn": ["100001"], "date": [DAY1]}),
+                    partition_by=["date"])
+    DeltaSink(fresh_lake).write_batch(SinkBatch(sessions=pa.Table.from_pylist([amended]),
+                                                offsets={("attendance.extracts.v1", 0): 1}))
+    assert DeltaTable(STAGED_SESSIONS.path(fresh_lake)).to_pyarrow_table().num_rows == 1  # staged, not folded
+    v = view(fresh_lake, "school", "100001")
+    rows = v.sql(f"SELECT code FROM attendance_sessions WHERE upn = '{upn}' AND session = 'AM' ORDER BY date")
+    assert column(rows, "code") == ["N", "/"]
+    read = {r["table"]: r["version"] for r in pl.from_arrow(audit.read(fresh_lake, storage_options={}))
+            .row(0, named=True)["table_versions"]}
+    assert set(read) == {"restricted/attendance_sessions", "restricted/staged_sessions"}
 
 
 def test_school_cannot_reach_another_school_through_a_join_or_subquery(lake: str) -> None:

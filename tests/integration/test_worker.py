@@ -11,12 +11,12 @@ from pathlib import Path
 import orjson
 import polars as pl
 import pytest
-from deltalake import DeltaTable
 from kafka import KafkaProducer
 
 from attendance.settings import Settings
 from attendance.topics import create_topics
 from ingest.producer import chunk_extract
+from storage.current import read_current
 from storage.tables import ATTENDANCE_SESSIONS, EXTRACTS, OPTOUT_AUDIT, PUPILS, QUARANTINE
 from tests.conftest import settings_env
 from tests.extract_factory import make_extract
@@ -51,7 +51,8 @@ def send_extract(settings: Settings, document: dict, max_bytes: int = 1_000_000)
 
 
 def table(settings: Settings, contract) -> pl.DataFrame:
-    return pl.from_arrow(DeltaTable(contract.path(settings.lake_uri)).to_pyarrow_table())
+    """The table's current state: rows the sink staged and nobody folded yet included (storage.current)."""
+    return read_current(contract, settings.lake_uri)
 
 
 @pytest.fixture()
