@@ -61,11 +61,11 @@ class Settings(BaseSettings):
     batch_max_latency_s: float = Field(
         default=1.0, gt=0, description="Worker: longest wait to fill a batch before committing what it has.")
     fold_idle_s: float = Field(
-        default=5.0, gt=0, description="Worker: fold staged amendments and pupil records after this long "
-        "without a batch (caught up).")
+        default=5.0, gt=0, description="Continuous worker: fold staged amendments, pupil records and "
+        "extract states after this long without a batch (caught up).")
     fold_interval_s: float = Field(
-        default=900.0, gt=0, description="Worker: fold at least this often while staged rows wait (bounds how "
-        "stale attendance_sessions and pupils can be).")
+        default=900.0, gt=0, description="Continuous worker: fold at least this often while staged rows wait "
+        "(readers resolve staged rows meanwhile; this bounds how much they resolve).")
     fold_max_staged_rows: int = Field(
         default=10_000_000, ge=1, description="Worker: fold once it has staged this many rows (a safety valve: a "
         "fold reads staged pupil records one URN range at a time, so a national day folds at once).")

@@ -238,16 +238,31 @@ keeps **one row per (urn, upn, date, session): the mark from the extract with th
 - Within one batch, the newest row per key is kept before writing.
 - Rows for a school-day the table does not hold yet are appended; rows for a school-day it holds are
   MERGEd. The result is the same; appending spares a scan of the day's partition.
-- `pupils`: the same rule per (urn, upn). `current_since` moves only when a characteristic changes; a newer
+- `pupils`: the same rule per (urn, upn). `current_since` moves only when a characteristic changes: it is
+  when the first record of the current run of records with these characteristics was staged; a newer
   extract that says the same only moves `extract_id` and `generated_at`.
 - `extracts`: one row per extract, replaced by the state with the latest `last_seen_at`; `first_seen_at`
-  keeps the first value. Batches stage extract rows in `staged_extracts`; the fold MERGEs them (a MERGE per
-  batch cost a national day 14 s of its batches' writes), so `extracts` shows a batch's extracts from the
-  next fold on (at most `ATTENDANCE_FOLD_IDLE_S` after the stream goes quiet, and before aggregation).
+  keeps the earliest value. Batches stage extract rows in `staged_extracts` (a MERGE per batch cost a
+  national day 14 s of its batches' writes).
 - `quarantine` and `optout_audit` rows are inserted once per key; replays add nothing.
 
 delta-rs rewrites every Parquet file that holds an amended row (copy-on-write; it cannot write deletion
 vectors: delta-io/delta-rs#4512), so amendments of earlier days cost more than new days' rows.
+
+## Reading before a fold: merge-on-read
+
+Amendments of stored school-days, pupil records and extract states are committed to `staged_sessions`,
+`staged_pupils` and `staged_extracts` (exactly once, with their batch) and rewritten into their tables by a
+*fold*: when a continuously running worker is idle, every `ATTENDANCE_FOLD_INTERVAL_S`, when staging passes
+`ATTENDANCE_FOLD_MAX_STAGED_ROWS`, by `attendance lake fold`, and first thing in `attendance aggregate`,
+`attendance access pseudonymise` and `attendance dq report`. A run-once worker (`--until-drained`) does not fold.
+
+Between folds the tables' current state is the table and its staging table together, resolved with the
+fold's own rules (`storage/current.py`): `attendance query` reads `attendance_sessions`, `pupils` and
+`extracts` that way (the audit records both tables' versions), so every committed row is visible at once.
+A reader that opens the Delta table directly (Polars, DuckDB, Spark) sees it as of the last fold, plus
+`staged_*` beside it; `storage.current.read_current(contract, lake_uri)` gives the current state in
+Python. Tests compare the resolution with a fold of the same rows: folding changes no answer.
 
 ## Destruction of pupil-level data
 

@@ -146,12 +146,12 @@ STAGED_PUPILS = TableContract(
     name="staged_pupils",
     zone=Zone.RESTRICTED,
     schema=PUPILS.schema.append(_field(
-        "fold_range", pa.int32(), "URN range the fold MERGEs this row in (storage.sink: one range at a time)",
+        "fold_range", pa.int32(), "URN range the fold rewrites this row in (storage.sink: one range at a time)",
         nullable=False)),
     partition_by=("fold_range",),
     key=("urn", "upn", "generated_at"),
-    purpose="Pupil records awaiting the next fold into pupils (current_since is set by the fold). Empty after "
-            "a fold.",
+    purpose="Pupil records awaiting the next fold into pupils (current_since: when the record was staged). "
+            "Empty after a fold.",
     pupil_level=True,
 )
 

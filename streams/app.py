@@ -317,6 +317,10 @@ class ExtractWorker:
             await self._fold("staged rows reached ATTENDANCE_FOLD_MAX_STAGED_ROWS")
 
     def fold_due(self, now: float) -> str | None:
+        if self.until_drained:
+            # A run-once worker leaves folding to whoever reads next (aggregate folds first): folding while
+            # it waits for the others only takes CPU they need. The staged-rows bound still applies.
+            return None
         return fold_reason(self.state.staged_since_fold, now - self.state.last_record_at,
                            now - self.state.last_fold_at, self.settings)
 

@@ -13,7 +13,8 @@ from attendance.settings import get_settings
 
 @click.command("worker")
 @click.option("--until-drained", is_flag=True,
-              help="Process everything currently in the topics, then exit (the daily run-once mode).")
+              help="Process everything currently in the topics, then exit (the daily run-once mode; staged rows "
+                   "are left for the next fold: `attendance aggregate` folds first).")
 @click.option("--loglevel", default="warning", show_default=True, help="Faust log level.")
 def worker_command(until_drained: bool, loglevel: str) -> None:
     """Run the stream worker: validate, quarantine, honour opt-outs, write Delta exactly once."""
