@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from attendance.broker import bootstrap_servers
 from attendance.procfs import memory_kib
 from attendance.settings import Settings
 from storage.lake import ensure_table, storage_options
-from storage.sink import DeltaSink
+from storage.sink import CommitResult, DeltaSink
 from storage.tables import (
     ATTENDANCE_SESSIONS,
     DESTRUCTION_LOG,
@@ -89,6 +89,20 @@ class WorkerState:
 class BatchAbandoned(RuntimeError):
     """The previous batch's write failed: the worker went back to Delta's offsets, and the batch processed
     meanwhile is dropped (it is read again)."""
+
+
+class BatchLeftBehind(RuntimeError):
+    """Delta refused a batch as stale (another worker had committed one of its partitions further), and
+    with it records of partitions this worker still holds: they must be read again from Delta's offsets."""
+
+
+def left_behind(offsets: Mapping[tuple[str, int], int], result: CommitResult,
+                assigned: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Partitions this worker holds whose records of the batch Delta holds neither from this commit nor from
+    before: a batch skipped as stale (after a rebalance) carried them, and the consumer has moved past."""
+    return {tp for tp, offset in offsets.items()
+            if tp in assigned and tp not in result.offsets_committed
+            and result.offsets_already_stored.get(tp, -1) < offset}
 
 
 class ExtractWorker:
@@ -281,6 +295,11 @@ class ExtractWorker:
             await task
         except asyncio.CancelledError:
             raise
+        except BatchLeftBehind as exc:
+            # Not a failure: another worker's commit overtook this one. Read again from Delta's offsets.
+            log.info("%s: reading again from Delta's offsets", exc)
+            await self.rewind_to_delta()
+            raise BatchAbandoned(str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - nothing of it committed: recover, then abandon the caller's batch
             await self.on_batch_failed(exc)
             raise BatchAbandoned(str(exc)) from exc
@@ -298,6 +317,9 @@ class ExtractWorker:
             metrics.BATCH_STAGE_SECONDS.labels(stage=stage).observe(seconds)
         # Mirror Delta's offsets into the group (for lag tools, and so Faust's seek-to-committed on the
         # next assignment starts near the right place); Delta stays the truth.
+        behind = left_behind(outcome.sink.offsets, result, self.state.assigned)
+        if behind:
+            raise BatchLeftBehind(f"batch skipped as stale left {len(behind)} held partition(s) behind")
         committed = {TP(t, p): o + 1 for (t, p), o in outcome.sink.offsets.items() if (t, p) in self.state.assigned}
         if committed and not result.replay_skipped:
             await self.app.consumer._commit(committed)
@@ -364,7 +386,15 @@ class ExtractWorker:
         self.consecutive_failures += 1
         log.error("batch failed (%d in a row): %s: %s", self.consecutive_failures, type(exc).__name__, exc,
                   exc_info=exc if self.consecutive_failures == 1 else None)
-        # Forget held chunks and re-read everything Delta has not committed (held chunks included).
+        await self.rewind_to_delta()
+        if self.consecutive_failures >= self.settings.worker_max_consecutive_failures:
+            self.failure = exc
+            self.drained.set()  # stops the worker; run_worker exits non-zero
+        else:
+            await asyncio.sleep(min(30.0, 0.5 * 2 ** self.consecutive_failures))
+
+    async def rewind_to_delta(self) -> None:
+        """Forget held chunks and re-read everything Delta has not committed (held chunks included)."""
         self.processor.assembler.pending.clear()
         loop = asyncio.get_running_loop()
         for topic, partition in sorted(self.state.assigned):
@@ -372,11 +402,6 @@ class ExtractWorker:
             resume = 0 if committed is None else committed + 1
             self.state.next_offset[(topic, partition)] = resume
             await self.app.consumer.seek(TP(topic, partition), resume)
-        if self.consecutive_failures >= self.settings.worker_max_consecutive_failures:
-            self.failure = exc
-            self.drained.set()  # stops the worker; run_worker exits non-zero
-        else:
-            await asyncio.sleep(min(30.0, 0.5 * 2 ** self.consecutive_failures))
 
     def _in_sequence(self, records: Sequence[RawRecord]) -> list[RawRecord]:
         """Drop records before the expected offset (replays); on a gap, seek back and drop the rest."""

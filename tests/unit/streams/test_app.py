@@ -8,7 +8,8 @@ import pytest
 from aiokafka.consumer.fetcher import Fetcher
 
 from attendance.settings import Settings
-from streams.app import fold_reason, tolerate_fetch_rebalance_race
+from storage.sink import CommitResult
+from streams.app import fold_reason, left_behind, tolerate_fetch_rebalance_race
 
 SETTINGS = Settings(fold_idle_s=5.0, fold_interval_s=900.0)
 
@@ -38,3 +39,19 @@ def test_a_fetch_interrupted_by_a_rebalance_returns_nothing_instead_of_stopping_
     tolerate_fetch_rebalance_race()  # applying it twice does not wrap twice
     assert Fetcher.fetched_records._tolerates_rebalance_race  # type: ignore[attr-defined]
 
+
+
+def _result(committed: dict, stored: dict) -> CommitResult:
+    return CommitResult(replay_skipped=not committed, offsets_committed=committed, offsets_already_stored=stored,
+                        rows_written={}, sessions_version=None, conflicts=0, seconds=0.0)
+
+
+def test_a_batch_skipped_as_stale_leaves_behind_the_held_partitions_delta_does_not_cover() -> None:
+    t = "attendance.extracts.v1"
+    offsets = {(t, 0): 100, (t, 1): 200, (t, 2): 300}
+    # Partition 1 moved to another worker, which committed past this batch: the whole batch was refused.
+    stale = _result({}, {(t, 1): 250})
+    assert left_behind(offsets, stale, assigned={(t, 0), (t, 2)}) == {(t, 0), (t, 2)}
+    # A plain replay (Delta already holds every offset) and a commit leave nothing behind.
+    assert left_behind(offsets, _result({}, {(t, 0): 100, (t, 1): 250, (t, 2): 300}), {(t, 0), (t, 2)}) == set()
+    assert left_behind(offsets, _result({(t, 0): 100, (t, 2): 300}, {(t, 1): 250}), {(t, 0), (t, 2)}) == set()
