@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-from deltalake import DeltaTable, WriterProperties
+from deltalake import ColumnProperties, DeltaTable, WriterProperties
 from deltalake.exceptions import TableNotFoundError
 
 from storage.tables import TableContract
@@ -48,8 +48,11 @@ NON_PERSONAL_STATS_COLUMNS: frozenset[str] = frozenset({
 
 #: Parquet settings for what the pipeline writes in bulk (sink appends, folds, compaction, purges): ZSTD at
 #: level 1 writes faster than delta-rs's default Snappy and a third of the bytes (1.5 million session rows:
-#: 0.41 s and 3.3 MB against 0.50 s and 10.3 MB on this machine), and reads as fast.
-WRITER_PROPERTIES = WriterProperties(compression="ZSTD", compression_level=1)
+#: 0.41 s and 3.3 MB against 0.50 s and 10.3 MB on this machine), and reads as fast. UPNs are (nearly)
+#: unique per file, so a dictionary only costs time before the writer gives it up: without it the same
+#: rows take 0.40 s and 2.4 MB (760,000 pupil records 0.29 -> 0.24 s).
+WRITER_PROPERTIES = WriterProperties(compression="ZSTD", compression_level=1,
+                                     column_properties={"upn": ColumnProperties(dictionary_enabled=False)})
 
 #: How long the Delta log keeps old commits (and so the file paths, row counts and URN statistics in them).
 LOG_RETENTION = "interval 30 days"

@@ -7,8 +7,9 @@ the last Kafka offset processed per (topic, partition). The sink
    ``app_id = f"{prefix}-{topic}-{partition}"``) and skips the batch when Delta already holds an offset
    >= the batch's (a replay after a crash or rebalance: delta-rs accepts a lower version, so the writer
    must check);
-2. appends the batch's pupil records to ``staged_pupils``, and MERGEs extracts, quarantine and
-   optout_audit (small tables; idempotent: newest wins, or insert-if-absent on the key);
+2. appends the batch's pupil records to ``staged_pupils`` and extract states to ``staged_extracts``, and
+   inserts quarantine and optout_audit rows once per key (idempotent: staged rows fold newest-wins), on a
+   second thread while step 3 prepares the marks; step 3's offsets commit waits for them;
 3. splits the session marks by school-day: marks of a school-day the sessions table may already hold
    (``session_school_days``) are appended to ``staged_sessions``; the others are new to the table and are
    appended to ``attendance_sessions`` directly, LAST, with the offsets in the SAME Delta commit
@@ -36,6 +37,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -69,10 +71,11 @@ log = logging.getLogger(__name__)
 #: The table whose commits carry the Kafka offsets (see module docstring).
 OFFSETS_TABLE = ATTENDANCE_SESSIONS
 
-#: URN ranges a pupils fold works in, one MERGE each (see ``DeltaSink._fold_pupils``): at least this many,
-#: more for a large register (one range per ``SCHOOLS_PER_FOLD_RANGE`` schools, about 250,000 pupils), so
-#: that a fold's memory stays bounded whatever the day's size.
-PUPIL_FOLD_RANGES = 16
+#: URN ranges a pupils fold works in, one rewrite each (see ``DeltaSink._fold_pupils``): one per
+#: ``SCHOOLS_PER_FOLD_RANGE`` schools (about 250,000 pupils), so that a fold's memory stays bounded whatever
+#: the day's size, and at least this many. Every batch writes one staging file per range it touches, so more
+#: ranges than memory needs only cost writes (16 at 2,000 schools: 0.1 s of a day's 1.7 s of batches).
+PUPIL_FOLD_RANGES = 4
 SCHOOLS_PER_FOLD_RANGE = 650
 
 TopicPartition = tuple[str, int]
@@ -84,6 +87,12 @@ class _Progress:
     conflicts: int = 0
     table_seconds: dict[str, float] = field(default_factory=dict)
     staged: dict[str, int] = field(default_factory=dict)  # staging table -> rows appended
+
+    def merge(self, other: _Progress) -> None:
+        self.conflicts += other.conflicts
+        for mine, theirs in ((self.table_seconds, other.table_seconds), (self.staged, other.staged)):
+            for name, value in theirs.items():
+                mine[name] = mine.get(name, 0) + value
 
 
 @dataclass(frozen=True)
@@ -230,6 +239,7 @@ class DeltaSink:
         self._clock = clock or (lambda: datetime.now(UTC))
         self._tables: dict[str, DeltaTable] = {}
         self._boundaries: list[str] | None = None
+        self._side: ThreadPoolExecutor | None = None  # writes a batch's other tables beside its marks
         # The worker calls in from executor threads: one call at a time shares the cached tables.
         self._lock = threading.RLock()
 
@@ -291,6 +301,37 @@ class DeltaSink:
             return CommitResult(True, {}, stored, {}, None, 0, time.perf_counter() - started)
 
         now = self._clock()
+        # The batch's other tables are independent of its marks: written on a second thread while this one
+        # prepares and stages the marks; the offsets commit waits for them (an offset only moves once
+        # everything of its batch is durable).
+        side_progress = _Progress()
+        side = self._side_writer().submit(self._write_other_tables, batch, now, side_progress)
+        try:
+            sessions_rows, version, committed, already = self._commit_sessions_and_offsets(
+                batch.sessions, batch.offsets, now, progress, before_offsets=side.result)
+        except BaseException:
+            wait([side])  # the marks failed: let the other tables finish before the batch is tried again
+            raise
+        rows_written = side.result()
+        progress.merge(side_progress)
+        rows_written[ATTENDANCE_SESSIONS.name] = sessions_rows
+        rows_written.update(progress.staged)
+        stored.update(already)
+        return CommitResult(
+            replay_skipped=bool(batch.offsets) and not committed and sessions_rows == 0 and not progress.staged,
+            offsets_committed=committed, offsets_already_stored=stored, rows_written=rows_written,
+            sessions_version=version, conflicts=progress.conflicts, seconds=time.perf_counter() - started,
+            table_seconds=progress.table_seconds,
+        )
+
+    def _side_writer(self) -> ThreadPoolExecutor:
+        if self._side is None:
+            self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delta-sink-side")
+        return self._side
+
+    def _write_other_tables(self, batch: SinkBatch, now: datetime, progress: _Progress) -> dict[str, int]:
+        """Stage the batch's pupil records and extract states; insert its quarantine and opt-out audit rows
+        (once per key). Touches none of the tables the marks' side writes."""
         rows_written: dict[str, int] = {}
         if _has_rows(batch.pupils):
             assert batch.pupils is not None
@@ -307,22 +348,11 @@ class DeltaSink:
             rows_written[QUARANTINE.name] = self._insert_new(QUARANTINE, batch.quarantine, progress)
         if _has_rows(batch.optout_audit):
             rows_written[OPTOUT_AUDIT.name] = self._insert_new(OPTOUT_AUDIT, batch.optout_audit, progress)
-
-        sessions_rows, version, committed, already = self._commit_sessions_and_offsets(
-            batch.sessions, batch.offsets, now, progress)
-        rows_written[ATTENDANCE_SESSIONS.name] = sessions_rows
-        rows_written.update(progress.staged)
-        stored.update(already)
-        return CommitResult(
-            replay_skipped=bool(batch.offsets) and not committed and sessions_rows == 0 and not progress.staged,
-            offsets_committed=committed, offsets_already_stored=stored, rows_written=rows_written,
-            sessions_version=version, conflicts=progress.conflicts, seconds=time.perf_counter() - started,
-            table_seconds=progress.table_seconds,
-        )
+        return rows_written
 
     def _commit_sessions_and_offsets(
         self, sessions: pa.Table | None, offsets: Mapping[TopicPartition, int], now: datetime,
-        progress: _Progress,
+        progress: _Progress, before_offsets: Callable[[], Any] = lambda: None,
     ) -> tuple[int, int | None, _Offsets, _Offsets]:
         """The batch's last commit: its offsets, with its session rows of school-days new to the table.
 
@@ -352,6 +382,7 @@ class DeltaSink:
             version_before = delta.version()
             written = 0
             offsets_written = not advancing
+            fresh = None
             if source is not None:
                 days = _school_days(source)
                 recorded = days.join(self._recorded_school_days(days), on=["urn", "date"], how="semi")
@@ -362,10 +393,12 @@ class DeltaSink:
                 if fresh.num_rows:
                     self._append(SESSION_SCHOOL_DAYS, days.join(recorded, on=["urn", "date"], how="anti").to_arrow(),
                                  progress, count=False)
-                    write_deltalake(delta, fresh, mode="append", commit_properties=properties,
-                                    writer_properties=lake.WRITER_PROPERTIES)
-                    written += fresh.num_rows
-                    offsets_written = True
+            before_offsets()  # everything else of the batch is durable before its offsets are
+            if fresh is not None and fresh.num_rows:
+                write_deltalake(delta, fresh, mode="append", commit_properties=properties,
+                                writer_properties=lake.WRITER_PROPERTIES)
+                written += fresh.num_rows
+                offsets_written = True
             if not offsets_written:
                 # No new school-day rows: commit the offsets alone, as a commit with no data files.
                 delta.create_write_transaction(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -590,3 +591,21 @@ def test_two_folds_at_once_leave_the_tables_right_and_staging_empty(lake_uri: st
     assert folded.sessions.removed == 0 and folded.conflicts >= 1  # the other fold removed them first
     assert current_marks(lake_uri)[("100001", "A1", DAY.isoformat(), "AM")] == ("N", TEN)
     assert row_counts(lake_uri)["staged_sessions"] == 0 and row_counts(lake_uri)["pupils"] == 1
+
+
+def test_offsets_wait_for_the_other_tables_and_stay_put_when_one_fails(lake_uri: str) -> None:
+    class PupilsFailLate(DeltaSink):
+        def _append(self, contract, data, progress, *, count=True):  # type: ignore[no-untyped-def]
+            if contract.name == STAGED_PUPILS.name:
+                time.sleep(0.5)  # the marks' side is done long before
+                raise OSError("disk full")
+            return super()._append(contract, data, progress, count=count)
+
+    batch = SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", NINE)]),
+                      pupils=pupils([("100001", "A1", "N", NINE)]), offsets={(TOPIC, 0): 5})
+    with pytest.raises(OSError, match="disk full"):
+        PupilsFailLate(lake_uri).write_batch(batch)
+    sink = DeltaSink(lake_uri)
+    assert sink.committed_offset(TOPIC, 0) is None
+    assert sink.write_batch(batch).offsets_committed == {(TOPIC, 0): 5}
+    assert len(lake.read_table(STAGED_PUPILS, lake_uri)) == 1
