@@ -151,6 +151,10 @@ class FoldResult:
     extracts: FoldCount = FoldCount(0, 0, 0)
 
 
+class _OtherTablesFailed(Exception):
+    """A batch's other tables failed (see ``DeltaSink._write_batch``); its cause is re-raised."""
+
+
 class DeltaCommitError(RuntimeError):
     """A commit still conflicted after the bounded retries: the batch was not committed (replay it)."""
 
@@ -306,9 +310,19 @@ class DeltaSink:
         # everything of its batch is durable).
         side_progress = _Progress()
         side = self._side_writer().submit(self._write_other_tables, batch, now, side_progress)
+
+        def other_tables_written() -> None:
+            try:
+                side.result()
+            except Exception as exc:
+                raise _OtherTablesFailed() from exc  # not a conflict of the marks' commit: no retry
+
         try:
             sessions_rows, version, committed, already = self._commit_sessions_and_offsets(
-                batch.sessions, batch.offsets, now, progress, before_offsets=side.result)
+                batch.sessions, batch.offsets, now, progress, before_offsets=other_tables_written)
+        except _OtherTablesFailed as failed:
+            assert failed.__cause__ is not None
+            raise failed.__cause__ from None
         except BaseException:
             wait([side])  # the marks failed: let the other tables finish before the batch is tried again
             raise
