@@ -315,11 +315,11 @@ class ExtractWorker:
         stages = {**(stages or {}), "write": time.perf_counter() - writing}
         for stage, seconds in stages.items():
             metrics.BATCH_STAGE_SECONDS.labels(stage=stage).observe(seconds)
-        # Mirror Delta's offsets into the group (for lag tools, and so Faust's seek-to-committed on the
-        # next assignment starts near the right place); Delta stays the truth.
         behind = left_behind(outcome.sink.offsets, result, self.state.assigned)
         if behind:
             raise BatchLeftBehind(f"batch skipped as stale left {len(behind)} held partition(s) behind")
+        # Mirror Delta's offsets into the group (for lag tools, and so Faust's seek-to-committed on the
+        # next assignment starts near the right place); Delta stays the truth.
         committed = {TP(t, p): o + 1 for (t, p), o in outcome.sink.offsets.items() if (t, p) in self.state.assigned}
         if committed and not result.replay_skipped:
             await self.app.consumer._commit(committed)
