@@ -146,7 +146,10 @@ def purge_school(urn: str, lake_uri: str, storage_options: Mapping[str, str] | N
     executed_at = now or datetime.now(UTC)
     destruction_id = str(uuid.uuid4())
     records = []
-    for contract in pupil_level_tables():
+    # Staging first: a fold writes only rows whose school is still staged (storage.sink), so a fold running
+    # alongside cannot write the school's staged rows back into a table purged before them.
+    staging_first = sorted(pupil_level_tables(), key=lambda contract: not contract.name.startswith("staged_"))
+    for contract in staging_first:
         if "urn" not in contract.schema.names:
             log.warning("%s is pupil-level but has no urn column: not purged by URN", contract.name)
             continue

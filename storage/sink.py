@@ -508,11 +508,15 @@ class DeltaSink:
             self._record_school_days(source, progress)
             predicate = f"{_equal_match(ATTENDANCE_SESSIONS.key)} AND t.date = {lake.sql_literal(day)}"
 
-            def attempt(source: pa.Table = source, predicate: str = predicate) -> int:
+            def attempt(source: pa.Table = source, predicate: str = predicate, day: Any = day) -> int:
+                source = source.filter(pc.is_in(source.column("urn"),
+                                                value_set=self._urns_still_staged(STAGED_SESSIONS, "date", day)))
+                if not source.num_rows:
+                    return 0
                 result = (
                     self._table(ATTENDANCE_SESSIONS, refresh=True)
                     .merge(source, predicate, source_alias="s", target_alias="t",
-                       writer_properties=lake.WRITER_PROPERTIES)
+                           writer_properties=lake.WRITER_PROPERTIES)
                     .when_matched_update_all(predicate="s.generated_at > t.generated_at")
                     .when_not_matched_insert_all()
                     .execute()
@@ -552,7 +556,10 @@ class DeltaSink:
             del part
             low, high = staged_rows.get_column("urn").min(), staged_rows.get_column("urn").max()
 
-            def attempt(staged_rows: pl.DataFrame = staged_rows, low: str = low, high: str = high) -> int:
+            def attempt(staged_rows: pl.DataFrame = staged_rows, low: str = low, high: str = high,
+                        fold_range: Any = fold_range) -> int:
+                still = self._urns_still_staged(STAGED_PUPILS, "fold_range", fold_range)
+                staged_rows = staged_rows.filter(pl.col("urn").is_in(pl.Series(still).implode()))
                 delta = self._table(PUPILS, refresh=True)
                 in_range = (f"urn >= {lake.sql_literal(low)} AND urn <= {lake.sql_literal(high)}")
                 stored = pl.scan_delta(delta).filter(pl.col("urn").is_between(pl.lit(low), pl.lit(high))).collect()
@@ -572,6 +579,15 @@ class DeltaSink:
         removed = self._remove_staged(STAGED_PUPILS, snapshot, progress)
         metrics.FOLDED_ROWS.labels(table=STAGED_PUPILS.name).inc(removed)
         return FoldCount(staged, written, removed)
+
+    def _urns_still_staged(self, contract: TableContract, column: str, value: Any) -> pa.Array:
+        """The URNs a staging partition holds now. A fold writes only the rows of its snapshot whose school
+        is still staged: a purge since the snapshot removed that school's rows (purges empty staging before
+        the tables), and they must not be written back; rows another fold took in meanwhile are skipped
+        too (it wrote them)."""
+        now = lake.ensure_table(contract, self.lake_uri, self.storage_options)
+        urns = now.to_pyarrow_dataset(file_pruning_predicate=[(column, "=", value)]).to_table(columns=["urn"])
+        return pc.unique(urns.column("urn"))
 
     def _urn_boundaries(self) -> list[str]:
         """Where the pupils fold cuts its URN ranges: quantiles of the register's URNs (stable from day to

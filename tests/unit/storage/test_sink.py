@@ -609,3 +609,34 @@ def test_offsets_wait_for_the_other_tables_and_stay_put_when_one_fails(lake_uri:
     assert sink.committed_offset(TOPIC, 0) is None
     assert sink.write_batch(batch).offsets_committed == {(TOPIC, 0): 5}
     assert len(lake.read_table(STAGED_PUPILS, lake_uri)) == 1
+
+
+def test_a_fold_never_writes_back_a_school_purged_after_it_read_staging(lake_uri: str) -> None:
+    from storage.destruction import purge_school, verify_destroyed
+
+    class PurgedMeanwhile(DeltaSink):
+        """The school is purged after this fold has read staging, before it writes the tables."""
+
+        purged = False
+
+        def _urns_still_staged(self, contract, column, value):  # type: ignore[no-untyped-def]
+            if not self.purged:
+                self.purged = True
+                purge_school("100002", lake_uri, requested_by="dpo@example.org", reason="opted out")
+            return super()._urns_still_staged(contract, column, value)
+
+    sink = PurgedMeanwhile(lake_uri)
+    day2 = DAY + timedelta(days=1)
+    sink.write_batch(SinkBatch(sessions=sessions([("100001", "A1", DAY, "AM", "/", NINE),
+                                                  ("100002", "B1", DAY, "AM", "/", NINE)]), offsets={(TOPIC, 0): 1}))
+    sink.write_batch(SinkBatch(  # amendments of a stored day (staged) and pupils, for both schools
+        sessions=sessions([("100001", "A1", DAY, "AM", "N", TEN), ("100002", "B1", DAY, "AM", "N", TEN),
+                           ("100002", "B1", day2, "AM", "/", TEN)]),
+        pupils=pupils([("100001", "A1", "N", TEN), ("100002", "B1", "N", TEN)]), offsets={(TOPIC, 0): 2}))
+    sink.fold()
+
+    assert sink.purged
+    assert verify_destroyed("100002", lake_uri).rows_remaining == {
+        name: 0 for name in verify_destroyed("100002", lake_uri).rows_remaining}
+    assert current_marks(lake_uri) == {("100001", "A1", DAY.isoformat(), "AM"): ("N", TEN)}
+    assert lake.read_table(PUPILS, lake_uri).column("urn").to_pylist() == ["100001"]
