@@ -269,7 +269,8 @@ Python. Tests compare the resolution with a fold of the same rows: folding chang
 Pupil-level tables (marked above) are destroyed in two ways, both with `attendance lake ...`:
 
 - **Opt-out purge** (`lake purge --urn URN --by WHO --reason TEXT`): deletes the school's rows from every
-  pupil-level table.
+  pupil-level table, staging tables first: a fold writes only rows whose school is still staged, so a fold
+  running beside the purge cannot write the school's staged rows back.
 - **Retention** (`lake retention apply`): deletes rows whose retention has ended: data of an academic year
   (1 September to 31 August) is kept until 31 August N years later, and destroyed from the next day.
   N is set per table (`storage/destruction.py`: sessions and pupils 3, quarantine 1, placeholders until
