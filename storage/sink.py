@@ -539,9 +539,9 @@ class DeltaSink:
         fold or purge of the range makes the commit conflict, and the range is read and resolved again).
 
         Staged pupil records are partitioned by URN range (``fold_range``: ``PUPIL_FOLD_RANGES`` ranges cut
-        at quantiles of the register's URNs), and the fold works one range at a time: its memory is about
-        1/``PUPIL_FOLD_RANGES`` of the table and of what is staged, whatever the day's size, so a worker can
-        fold a whole national day at once. Every file a range's rewrite writes holds URNs of that range only,
+        at quantiles of the register's URNs, about 250,000 pupils each), and the fold works one range at a
+        time: its memory follows one range of the table and of what is staged, whatever the day's size, so a
+        worker can fold a whole national day at once. Every file a range's rewrite writes holds URNs of that range only,
         so the other ranges' files are pruned (URN statistics) and a fold rewrites the table once.
         """
         snapshot, fold_ranges_staged = self._staged_partitions(STAGED_PUPILS)
