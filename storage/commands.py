@@ -270,7 +270,9 @@ Pupil-level tables (marked above) are destroyed in two ways, both with `attendan
 
 - **Opt-out purge** (`lake purge --urn URN --by WHO --reason TEXT`): deletes the school's rows from every
   pupil-level table, staging tables first: a fold writes only rows whose school is still staged, so a fold
-  running beside the purge cannot write the school's staged rows back.
+  running beside the purge cannot write the school's staged rows back (one narrow window is left: a school
+  with only staged pupil records, purged in the instant between a fold's look at staging and its commit;
+  `lake verify-destroyed` shows it, and purging again removes it).
 - **Retention** (`lake retention apply`): deletes rows whose retention has ended: data of an academic year
   (1 September to 31 August) is kept until 31 August N years later, and destroyed from the next day.
   N is set per table (`storage/destruction.py`: sessions and pupils 3, quarantine 1, placeholders until
