@@ -51,7 +51,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from attendance import metrics
 from storage import lake
-from storage.current import resolved_pupils
+from storage.current import current_extracts, resolved_pupils
 from storage.tables import (
     ATTENDANCE_SESSIONS,
     EXTRACTS,
@@ -634,15 +634,11 @@ class DeltaSink:
         if not staged_any:
             return FoldCount(0, 0, 0)
         staged = lake.conform(snapshot.to_pyarrow_table(), EXTRACTS)
-        source = dedupe_newest(staged, EXTRACTS.key, "last_seen_at")
-        earliest = pl.from_arrow(staged.select(["extract_id", "first_seen_at"]))
-        assert isinstance(earliest, pl.DataFrame)
-        earliest = earliest.group_by("extract_id").agg(pl.col("first_seen_at").min().alias("earliest"))
-        newest = pl.from_arrow(source)
-        assert isinstance(newest, pl.DataFrame)
-        source = lake.conform(
-            newest.join(earliest, on="extract_id", how="left")
-            .with_columns(pl.col("earliest").alias("first_seen_at")).drop("earliest").to_arrow(), EXTRACTS)
+        rows = pl.from_arrow(staged)
+        assert isinstance(rows, pl.DataFrame)
+        # The staged rows resolved among themselves (storage.current's rule); the MERGE resolves them
+        # against what is stored.
+        source = lake.conform(current_extracts(rows.lazy().clear(), rows.lazy()).collect().to_arrow(), EXTRACTS)
         changed = self._merge_extracts(source, progress)
         removed = self._remove_staged(STAGED_EXTRACTS, snapshot, progress)
         metrics.FOLDED_ROWS.labels(table=STAGED_EXTRACTS.name).inc(removed)
